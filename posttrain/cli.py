@@ -1,0 +1,146 @@
+"""The `posttrain` command line.
+
+    posttrain sft --config configs/sft.yaml optim.lr=1e-4
+    posttrain sft model=PATH data=FILE output_dir=DIR max_steps=N seed=N
+    posttrain data check FILE [--model PATH] [--json]
+    posttrain generate --model PATH --prompt TEXT [--prompt TEXT ...]
+    posttrain merge --adapter DIR --out DIR
+    posttrain init-model --arch llama --data FILE --out DIR
+
+Bad input ends with one line `error: ...` and exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from posttrain.errors import TrainingDiverged, UserError, did_you_mean
+
+# recipe name -> module with a `<Name>Config` dataclass and `main(cfg)`
+RECIPES = {"sft": ("posttrain.recipes.sft", "SFTConfig")}
+COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model"]
+
+
+def _recipe(name: str, argv: list[str]) -> int:
+    from posttrain.config import config_help, load_config
+
+    module_name, cls_name = RECIPES[name]
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    p = argparse.ArgumentParser(prog=f"posttrain {name}", add_help=False,
+                                description=(module.__doc__ or "").strip().splitlines()[0])
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--help", "-h", action="store_true")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=1e-4")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        raise UserError(f"unknown option {unknown[0]}; overrides are key=value (see posttrain {name} --help)")
+    if args.help:
+        print(f"usage: posttrain {name} [--config FILE] [key=value ...]\n\n{module.__doc__.strip()}\n\nfields:")
+        print(config_help(cls))
+        return 0
+    cfg = load_config(cls, args.config, args.overrides)
+    module.main(cfg)
+    return 0
+
+
+def _data(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="posttrain data")
+    sub = p.add_subparsers(dest="action", required=True)
+    c = sub.add_parser("check", help="the data doctor: format, lengths, truncation, the loss mask shown")
+    c.add_argument("file")
+    c.add_argument("--model", help="tokenizer to render with (default: a byte-level stand-in)")
+    c.add_argument("--format", default="auto")
+    c.add_argument("--max-seq-len", type=int, default=1024)
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.add_argument("--show", type=int, default=2, help="examples to render")
+    args = p.parse_args(argv)
+    from posttrain.data.check import run_check
+
+    return run_check(args.file, model=args.model, fmt=args.format, max_seq_len=args.max_seq_len,
+                     as_json=args.json, show=args.show)
+
+
+def _generate(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="posttrain generate", description="Sample from a model with its chat template.")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", action="append", default=[], help="a user message (repeat for a batch)")
+    p.add_argument("--prompts-file", help="one prompt per line")
+    p.add_argument("--system", default="", help="an optional system message")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="feed the prompt as plain text, without the chat template")
+    p.add_argument("--json", action="store_true", help="print a JSON list of {prompt, response}")
+    args = p.parse_args(argv)
+    from posttrain.rollout.generate import generate_cli
+
+    return generate_cli(args)
+
+
+def _merge(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="posttrain merge", description="Merge a LoRA adapter into its base model.")
+    p.add_argument("--adapter", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--base", help="base model (default: the one named in adapter_config.json)")
+    args = p.parse_args(argv)
+    from posttrain.models.lora import merge_adapter
+
+    merge_adapter(args.adapter, args.out, args.base)
+    print(f"merged model saved to {args.out}")
+    return 0
+
+
+def _init_model(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="posttrain init-model",
+                                description="Build a tiny random-init model, with a BPE tokenizer trained on a data file.")
+    p.add_argument("--arch", default="llama")
+    p.add_argument("--data", required=True, help="text to train the tokenizer on (any supported data file)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab-size", type=int, default=2048)
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from posttrain.models.tiny import build_tiny
+
+    build_tiny(args.arch, args.data, args.out, vocab_size=args.vocab_size, hidden=args.hidden,
+               layers=args.layers, heads=args.heads, seed=args.seed)
+    print(f"tiny {args.arch} model saved to {args.out}")
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd in RECIPES:
+        return _recipe(cmd, rest)
+    handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model}
+    if cmd not in handlers:
+        raise UserError(f"unknown command '{cmd}'{did_you_mean(cmd, COMMANDS)}; commands: {', '.join(COMMANDS)}")
+    return handlers[cmd](rest)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("POSTTRAIN_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        code = run(argv)
+    except (UserError, TrainingDiverged) as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        code = e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)

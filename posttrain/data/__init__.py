@@ -1,0 +1,1 @@
+"""Data: reading files, the canonical example types, rendering with the loss mask, batching."""

@@ -1,0 +1,127 @@
+"""`posttrain data check`: the data doctor. Shows what the loss will see before anything trains.
+
+Reports the detected format, example count, token-length percentiles, truncated and dropped examples
+with reasons, trained-token totals, and renders examples with trained tokens highlighted (green in a
+terminal, `[[...]]` elsewhere) and the prompt greyed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from posttrain.data.formats import load_examples
+from posttrain.data.render import IGNORE, Renderer, render_all
+from posttrain.data.types import Conversation, Preference, Unpaired
+
+GREEN, GREY, RESET = "\033[1;32m", "\033[2m", "\033[0m"
+
+
+def as_conversations(examples: list) -> list[Conversation]:
+    """Conversations to render: preference pairs give their chosen side, unpaired their completion."""
+    out = []
+    for ex in examples:
+        if isinstance(ex, Preference):
+            out.append(Conversation(ex.prompt + ex.chosen, ex.where))
+        elif isinstance(ex, Unpaired):
+            out.append(Conversation(ex.prompt + ex.completion, ex.where))
+        else:
+            out.append(ex)
+    return out
+
+
+def percentile(values: list[int], q: float) -> int:
+    if not values:
+        return 0
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q / 100 * (len(s) - 1))))]
+
+
+def highlight(tokenizer, ids: list[int], labels: list[int], color: bool) -> str:
+    """The example's text with trained spans marked."""
+    out, span, trained = [], [], None
+    for t, lab in zip(ids, labels):
+        is_trained = lab != IGNORE
+        if trained is not None and is_trained != trained:
+            out.append(_mark(tokenizer.decode(span), trained, color))
+            span = []
+        span.append(t)
+        trained = is_trained
+    if span:
+        out.append(_mark(tokenizer.decode(span), bool(trained), color))
+    return "".join(out)
+
+
+def _mark(text: str, trained: bool, color: bool) -> str:
+    if color:
+        return f"{GREEN if trained else GREY}{text}{RESET}"
+    return f"[[{text}]]" if trained else text
+
+
+def check(path: str, model: str | None = None, fmt: str = "auto", max_seq_len: int = 1024, show: int = 2) -> dict:
+    """Compute the report (see module docstring) as a dict; `rendered` holds the shown examples' tokens."""
+    fmt, examples = load_examples(path, fmt)
+    convs = as_conversations(examples)
+    if model:
+        from posttrain.models.load import load_tokenizer
+
+        tok, tok_name = load_tokenizer(model), model
+    else:
+        from posttrain.models.tiny import example_texts
+        from posttrain.models.tokenizer import train_tokenizer
+
+        tok, tok_name = train_tokenizer(example_texts(examples[:5000]), vocab_size=4096), "stand-in BPE trained on this file"
+    renderer = Renderer(tok, max_seq_len)
+    rows, stats = render_all(convs, renderer)
+    lengths = [len(r.input_ids) for r in rows]
+    return {
+        "file": path,
+        "format": fmt,
+        "tokenizer": tok_name,
+        "examples": len(examples),
+        "kept": stats.kept,
+        "dropped": sum(stats.dropped.values()),
+        "dropped_reasons": dict(stats.dropped),
+        "truncated": stats.truncated,
+        "max_seq_len": max_seq_len,
+        "trained_tokens": stats.trained_tokens,
+        "total_tokens": stats.total_tokens,
+        "trained_fraction": round(stats.trained_tokens / max(1, stats.total_tokens), 4),
+        "length": {f"p{q}": percentile(lengths, q) for q in (50, 90, 99)} | {"max": max(lengths, default=0)},
+        "rendered": _first_rendered(convs, renderer, show),
+        "_tokenizer": tok,
+    }
+
+
+def _first_rendered(convs: list[Conversation], renderer: Renderer, n: int) -> list[dict]:
+    shown = []
+    for c in convs:
+        if len(shown) >= n:
+            break
+        r = renderer.render(c)
+        if not isinstance(r, str):
+            shown.append({"where": c.where, "input_ids": r.input_ids, "labels": r.labels})
+    return shown
+
+
+def run_check(path: str, model: str | None, fmt: str, max_seq_len: int, as_json: bool, show: int) -> int:
+    report = check(path, model, fmt, max_seq_len, show)
+    tok = report.pop("_tokenizer")
+    if as_json:
+        report = {k: v for k, v in report.items() if k != "rendered"}
+        print(json.dumps(report, indent=2))
+        return 0
+    color = sys.stdout.isatty()
+    print(f"file        {report['file']}  (format: {report['format']})")
+    print(f"tokenizer   {report['tokenizer']}")
+    print(f"examples    {report['examples']}  kept {report['kept']}  dropped {report['dropped']}"
+          + "".join(f"\n              {n} {why}" for why, n in report["dropped_reasons"].items()))
+    print(f"truncated   {report['truncated']} (longer than {max_seq_len} tokens; kept with their first tokens)")
+    L = report["length"]
+    print(f"tokens      p50 {L['p50']}  p90 {L['p90']}  p99 {L['p99']}  max {L['max']}")
+    print(f"trained     {report['trained_tokens']} of {report['total_tokens']} tokens ({report['trained_fraction']:.1%})")
+    legend = f"{GREEN}trained{RESET} {GREY}not trained{RESET}" if color else "[[trained]] not trained"
+    for ex in report["rendered"]:
+        print(f"\n--- {ex['where']}  ({legend})")
+        print(highlight(tok, ex["input_ids"], ex["labels"], color))
+    return 0

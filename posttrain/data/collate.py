@@ -1,0 +1,75 @@
+"""Batches: right-padded, or packed several documents to a row without attention across them.
+
+Padded batches carry an `attention_mask`. Packed rows carry `position_ids` that restart at 0 for each
+document and no attention mask: transformers then builds a block-diagonal causal mask from the
+position ids (sdpa and eager alike), so no token attends across a document boundary.
+Padding is masked by position (labels -100 past each row's length), never by comparing ids with
+the pad id, so EOS == pad cannot hide the stop token from the loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from posttrain.data.render import IGNORE, Rendered
+
+
+def pad_batch(rows: list[Rendered], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest row. Returns input_ids, attention_mask, labels, each (B, T)."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.tensor(r.input_ids)
+        labels[i, :n] = torch.tensor(r.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def pack_rows(rows: list[Rendered], max_len: int) -> list[list[int]]:
+    """Group example indices into rows of at most `max_len` tokens, whole documents only.
+
+    First-fit over the examples sorted longest first (ties by index): deterministic, and close to the
+    fewest rows. Returns the groups in order of their first (longest) example.
+    """
+    order = sorted(range(len(rows)), key=lambda i: (-len(rows[i].input_ids), i))
+    groups: list[list[int]] = []
+    space: list[int] = []
+    for i in order:
+        n = len(rows[i].input_ids)
+        for g, free in enumerate(space):
+            if n <= free:
+                groups[g].append(i)
+                space[g] -= n
+                break
+        else:
+            groups.append([i])
+            space.append(max_len - n)
+    return groups
+
+
+def packed_batch(groups: list[list[Rendered]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Concatenate each group's documents into one row. Returns input_ids, position_ids, labels (B, T).
+
+    The first token of each document gets label -100 (nothing before it in its document predicts it), so
+    after the shift no document is trained to predict the next one's first token. Trailing padding gets
+    position ids that continue the last document: harmless under the causal mask, and labels -100.
+    """
+    width = max(sum(len(r.input_ids) for r in g) for g in groups)
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(groups), width), IGNORE, dtype=torch.long)
+    pos = torch.zeros((len(groups), width), dtype=torch.long)
+    for b, group in enumerate(groups):
+        t = 0
+        for r in group:
+            n = len(r.input_ids)
+            ids[b, t : t + n] = torch.tensor(r.input_ids)
+            labels[b, t : t + n] = torch.tensor([IGNORE] + r.labels[1:])
+            pos[b, t : t + n] = torch.arange(n)
+            t += n
+        if t < width:
+            last = pos[b, t - 1].item() if t else -1
+            pos[b, t:] = torch.arange(last + 1, last + 1 + width - t)
+    return {"input_ids": ids, "position_ids": pos, "labels": labels}

@@ -1,0 +1,57 @@
+"""Load any Hugging Face causal LM and its tokenizer, with clear errors and safe tokenizer defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from posttrain.errors import UserError
+from posttrain.models.tokenizer import DEFAULT_TEMPLATE
+
+
+def _check_path(path: str, what: str) -> None:
+    """A path that is neither an existing folder nor shaped like a hub id ('org/name') is an error."""
+    if Path(path).expanduser().exists():
+        return
+    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise UserError(f"{what}: no such folder '{path}'")
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """Tokenizer with a chat template (DEFAULT_TEMPLATE when it has none) and a pad token (EOS when it has none).
+
+    EOS doubling as pad is safe here: padding is masked by sequence length, never by comparing ids.
+    """
+    _check_path(path, "model")
+    if Path(path).is_dir() and not any(
+        (Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    ):
+        raise UserError(f"model: '{path}' has no tokenizer (tokenizer.json or tokenizer_config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model: cannot load a tokenizer from '{path}' (not a local folder, nor on the hub): {_first_line(e)}") from None
+    if tok.eos_token is None:
+        raise UserError(f"model: the tokenizer in '{path}' has no eos_token; posttrain needs one to end responses")
+    if not tok.chat_template:
+        tok.chat_template = DEFAULT_TEMPLATE
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """`AutoModelForCausalLM.from_pretrained` with a one-line error for a missing or unreadable model."""
+    _check_path(path, "model")
+    if Path(path).is_dir() and not (Path(path) / "config.json").exists():
+        raise UserError(f"model: '{path}' has no config.json (is it a model folder?)")
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise UserError(f"model: cannot load '{path}' (not a local folder, nor on the hub): {_first_line(e)}") from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

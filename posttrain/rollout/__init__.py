@@ -1,0 +1,1 @@
+"""Rollout: sampling from a model (generation), shared by `posttrain generate`, evaluation and RL."""
