@@ -31,7 +31,8 @@ def make_accelerator(precision: str, seed: int, threads: int = 0) -> Accelerator
     """Accelerator for fp32 or bf16 autocast; torch threads set when `threads` > 0; all RNGs seeded."""
     if threads > 0:
         torch.set_num_threads(threads)
-    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no")
+    # cpu=True on a machine without CUDA makes several launched processes a gloo process group (MULTI_CPU).
+    acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     seed_everything(seed)
     return acc
 

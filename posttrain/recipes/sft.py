@@ -166,6 +166,32 @@ def evaluate(model, acc, rows, units, cfg: SFTConfig, pad_id: int) -> dict[str, 
     return {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0))}
 
 
+def build_model(cfg: SFTConfig):
+    """The model to train: loaded, optionally wrapped in LoRA, optionally with gradient checkpointing."""
+    model = load_model(cfg.model.path)
+    model.config.use_cache = False
+    if cfg.lora.enabled:
+        from posttrain.models.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def save_final(cfg: SFTConfig, model, tok, stop_ids: list[int]) -> Path:
+    """model/ (a plain Hugging Face folder); with LoRA also adapter/, and model/ holds the merged weights."""
+    out = Path(cfg.output_dir)
+    if not cfg.lora.enabled:
+        common.save_model(model, tok, out / "model", stop_ids)
+        return out / "model"
+    common.save_model(model, tok, out / "adapter", stop_ids)
+    if not cfg.lora.merge:
+        return out / "adapter"
+    common.save_model(model.merge_and_unload(), tok, out / "model", stop_ids)
+    return out / "model"
+
+
 def main(cfg: SFTConfig) -> dict:
     """Run SFT; returns the final metrics (also in metrics.jsonl)."""
     acc = common.make_accelerator(cfg.precision, cfg.seed, cfg.threads)
@@ -184,14 +210,7 @@ def main(cfg: SFTConfig) -> dict:
     max_steps = cfg.max_steps or max(1, int(cfg.epochs * len(units) // cfg.batch_size))
 
     # Model, optimizer, schedule.
-    model = load_model(cfg.model.path)
-    model.config.use_cache = False
-    if cfg.lora.enabled:
-        from posttrain.models.lora import apply_lora
-
-        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = build_model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
@@ -210,7 +229,8 @@ def main(cfg: SFTConfig) -> dict:
     if acc.is_main_process:
         msg = f"resumed from {last}" if last else "starting"
         print(f"sft: {len(rows)} examples ({sum(stats.dropped.values())} dropped, {stats.truncated} truncated), "
-              f"{len(units)} {'packed rows' if cfg.data.packing else 'examples'}, {max_steps} steps; {msg}")
+              f"{len(units)} {'packed rows' if cfg.data.packing else 'examples'}, {max_steps} steps, "
+              f"{world} process{'es' if world > 1 else ''}; {msg}")
 
     # The loop.
     model.train()
@@ -233,6 +253,7 @@ def main(cfg: SFTConfig) -> dict:
         grad_norm = acc.clip_grad_norm_(params, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm > 0 else None
         step_loss = acc.reduce(loss_sum, reduction="sum").item()
         common.check_finite(step_loss + (float(grad_norm) if grad_norm is not None else 0.0), step + 1, ckpt_dir)
+        lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -240,7 +261,7 @@ def main(cfg: SFTConfig) -> dict:
         seen_tokens += n_global
         done = step + 1
         elapsed = time.perf_counter() - t0
-        metrics = {"train/loss": step_loss, "train/lr": scheduler.get_last_lr()[0], "train/tokens": n_global,
+        metrics = {"train/loss": step_loss, "train/lr": lr, "train/tokens": n_global,
                    "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9)}
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
@@ -260,14 +281,7 @@ def main(cfg: SFTConfig) -> dict:
         log.log(max_steps, {k: v for k, v in metrics.items() if k.startswith("eval/")})
     log.close()
     if acc.is_main_process:
-        final = acc.unwrap_model(model)
-        stop_ids = renderer.stop_token_ids()
-        if cfg.lora.enabled:
-            common.save_model(final, tok, out / "adapter", stop_ids)
-            if cfg.lora.merge:
-                common.save_model(final.merge_and_unload(), tok, out / "model", stop_ids)
-        else:
-            common.save_model(final, tok, out / "model", stop_ids)
-        print(f"sft: done; model saved to {out / ('model' if cfg.lora.merge or not cfg.lora.enabled else 'adapter')}")
+        where = save_final(cfg, acc.unwrap_model(model), tok, renderer.stop_token_ids())
+        print(f"sft: done; model saved to {where}")
     acc.wait_for_everyone()
     return metrics

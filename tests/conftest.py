@@ -1,0 +1,69 @@
+"""Shared fixtures: a tokenizer trained in-process, a tiny fixed-init Llama, a small chat data file.
+
+Nothing is downloaded (HF_HUB_OFFLINE=1); every model is built from a config with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "piano", "garden", "silver", "ocean", "forest"]
+
+
+def chat_rows(n: int = 48, seed: int = 0) -> list[dict]:
+    """Deterministic small chat dataset: arithmetic, word reversal, and two-turn list/upper-case chats."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        k = rng.random()
+        if k < 0.4:
+            a, b = rng.randint(1, 99), rng.randint(1, 99)
+            msgs = [("user", f"What is {a} + {b}?"), ("assistant", f"{a} + {b} = {a + b}.")]
+        elif k < 0.7:
+            w = rng.choice(WORDS)
+            msgs = [("user", f"Reverse the word {w}."), ("assistant", w[::-1])]
+        else:
+            ws = rng.sample(WORDS, rng.randint(2, 4))
+            msgs = [("user", f"List {len(ws)} words."), ("assistant", ", ".join(ws) + "."),
+                    ("user", "Now in upper case."), ("assistant", ", ".join(w.upper() for w in ws) + ".")]
+        rows.append({"messages": [{"role": r, "content": c} for r, c in msgs]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tok():
+    from posttrain.models.tokenizer import train_tokenizer
+
+    texts = [m["content"] for r in chat_rows(200, seed=1) for m in r["messages"]]
+    return train_tokenizer(texts, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tok, tmp_path_factory) -> Path:
+    """A saved tiny Llama (hidden 32, 2 layers) with the test tokenizer."""
+    from posttrain.models.tiny import tiny_model
+
+    d = tmp_path_factory.mktemp("tiny_llama")
+    tiny_model("llama", tok, seed=0, hidden=32, layers=2, heads=4).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def chat_file(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "chat.jsonl", chat_rows(48))

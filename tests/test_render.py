@@ -1,0 +1,168 @@
+"""The loss mask, token by token: what is trained is every assistant turn and its stop token, nothing else."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tokenizers import processors
+
+from posttrain.data.collate import pad_batch
+from posttrain.data.render import IGNORE, Renderer, render_all
+from posttrain.data.types import Conversation, Message
+from posttrain.errors import UserError
+
+CHAT = Conversation([
+    Message("system", "Be brief."),
+    Message("user", "Hi"),
+    Message("assistant", "Hello!"),
+    Message("user", "Add 2 and 3"),
+    Message("assistant", "5"),
+])
+
+
+def expected(tok, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+    ids, labels = [], []
+    for text, trained in pieces:
+        piece = tok(text, add_special_tokens=False).input_ids
+        ids += piece
+        labels += piece if trained else [IGNORE] * len(piece)
+    return ids, labels
+
+
+def trained_text(tok, ids, labels) -> str:
+    return tok.decode([i for i, lab in zip(ids, labels) if lab != IGNORE])
+
+
+def test_multi_turn_mask_every_token(tok):
+    r = Renderer(tok).render(CHAT)
+    ids, labels = expected(tok, [
+        ("<|bos|><|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>", False),
+        ("Hello!<|eos|>", True),
+        ("<|user|>Add 2 and 3<|end|><|assistant|>", False),
+        ("5<|eos|>", True),
+    ])
+    assert r.input_ids == ids
+    assert r.labels == labels
+    # Every token, by name (this tokenizer is trained in the test, so its pieces are fixed).
+    names = tok.convert_ids_to_tokens(r.input_ids)
+    trained = [lab != IGNORE for lab in r.labels]
+    assert list(zip(names, trained)) == [
+        ("<|bos|>", False), ("<|system|>", False), ("B", False), ("e", False), ("Ġ", False), ("b", False),
+        ("r", False), ("i", False), ("e", False), ("f", False), (".", False), ("<|end|>", False),
+        ("<|user|>", False), ("H", False), ("i", False), ("<|end|>", False), ("<|assistant|>", False),
+        ("H", True), ("e", True), ("l", True), ("lo", True), ("!", True), ("<|eos|>", True),
+        ("<|user|>", False), ("A", False), ("d", False), ("d", False), ("Ġ2", False), ("Ġ", False), ("an", False),
+        ("d", False), ("Ġ3", False), ("<|end|>", False), ("<|assistant|>", False),
+        ("5", True), ("<|eos|>", True),
+    ]
+    assert trained_text(tok, r.input_ids, r.labels) == "Hello!<|eos|>5<|eos|>"
+    assert r.n_trained == sum(trained)  # position 0 (BOS) is never trained, so nothing is lost by the shift
+    assert r.input_ids.count(tok.bos_token_id) == 1
+
+
+def test_default_template_closes_turns_with_eos(tok):
+    plain = copy.deepcopy(tok)
+    plain.chat_template = None
+    from posttrain.models.tokenizer import DEFAULT_TEMPLATE
+
+    plain.chat_template = DEFAULT_TEMPLATE
+    r = Renderer(plain).render(CHAT)
+    ids, labels = expected(plain, [
+        ("System: Be brief.\n\nUser: Hi\n\nAssistant:", False),
+        (" Hello!<|eos|>", True),
+        ("\n\nUser: Add 2 and 3\n\nAssistant:", False),
+        (" 5<|eos|>", True),
+        ("\n\n", False),
+    ])
+    assert (r.input_ids, r.labels) == (ids, labels)
+
+
+def test_chatml_template_trains_im_end_not_newline(tok):
+    t = copy.deepcopy(tok)
+    t.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    t.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    r = Renderer(t)
+    out = r.render(CHAT)
+    ids, labels = expected(t, [
+        ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n", False),
+        ("Hello!<|im_end|>", True),
+        ("\n<|im_start|>user\nAdd 2 and 3<|im_end|>\n<|im_start|>assistant\n", False),
+        ("5<|im_end|>", True),
+        ("\n", False),
+    ])
+    assert (out.input_ids, out.labels) == (ids, labels)
+    im_end = t.convert_tokens_to_ids("<|im_end|>")
+    assert r.stop_token_ids() == sorted({t.eos_token_id, im_end})
+
+
+def test_prompt_ids_are_the_rendered_prefix(tok):
+    r = Renderer(tok)
+    full = r.render(Conversation(CHAT.messages[:3]))
+    prompt = r.prompt_ids(CHAT.messages[:2])
+    assert full.input_ids[: len(prompt)] == prompt
+    assert all(lab == IGNORE for lab in full.labels[: len(prompt)])
+    assert all(lab != IGNORE for lab in full.labels[len(prompt):])
+
+
+def test_doubled_bos_is_removed(tok):
+    t = copy.deepcopy(tok)
+    bos = t.bos_token_id
+    t.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", special_tokens=[("<|bos|>", bos)])
+    assert t("hi").input_ids[0] == bos  # this tokenizer adds BOS, and the template writes one too
+    r = Renderer(t).render(CHAT)
+    assert r.input_ids[0] == bos and r.input_ids[1] != bos
+
+
+def test_bos_added_once_when_template_has_none(tok):
+    t = copy.deepcopy(tok)
+    t.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", special_tokens=[("<|bos|>", t.bos_token_id)])
+    t.chat_template = t.chat_template.replace("{{ bos_token }}", "")
+    r = Renderer(t).render(CHAT)
+    assert r.input_ids[0] == t.bos_token_id and r.input_ids.count(t.bos_token_id) == 1 and r.labels[0] == IGNORE
+
+
+def test_eos_equal_to_pad_keeps_the_stop_token_trained(tok):
+    t = copy.deepcopy(tok)
+    t.pad_token = t.eos_token
+    r = Renderer(t)
+    rows = [r.render(Conversation([Message("user", "Hi"), Message("assistant", "yo")])), r.render(CHAT)]
+    batch = pad_batch(rows, t.pad_token_id)
+    short = batch["labels"][0]
+    n = len(rows[0].input_ids)
+    assert short[n - 1].item() == t.eos_token_id  # the stop token is a target
+    assert (short[n:] == IGNORE).all()  # the padding (same id) is not
+    assert (batch["input_ids"][0, n:] == t.eos_token_id).all()
+    assert batch["attention_mask"][0].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+
+
+def test_drops_are_counted_not_trained(tok):
+    r = Renderer(tok, max_seq_len=20)
+    no_reply = Conversation([Message("user", "Hi")])
+    long_prompt = Conversation([Message("user", "word " * 40), Message("assistant", "ok")])
+    long_reply = Conversation([Message("user", "Hi"), Message("assistant", "apple " * 40)])
+    rows, stats = render_all([no_reply, long_prompt, long_reply, CHAT], r)
+    assert stats.examples == 4 and stats.kept == 2
+    assert stats.dropped == {"no assistant turn": 1, "truncated: no response token left": 1}
+    assert stats.truncated == 2  # long_reply and CHAT keep some trained tokens after truncation
+    assert all(len(x.input_ids) == 20 for x in rows)
+    assert stats.trained_tokens == sum(x.n_trained for x in rows) > 0
+
+
+def test_template_without_prompt_mask_is_an_error(tok):
+    t = copy.deepcopy(tok)
+    t.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # no generation prompt, no markers
+    with pytest.raises(UserError, match="stop token|could not be located|every token is trained"):
+        Renderer(t).render(Conversation([Message("user", ""), Message("assistant", "Hello")], where="x.jsonl:3"))
+
+
+def test_labels_tensor_roundtrip(tok):
+    r = Renderer(tok).render(CHAT)
+    batch = pad_batch([r], tok.pad_token_id)
+    assert torch.equal(batch["labels"][0], torch.tensor(r.labels))
