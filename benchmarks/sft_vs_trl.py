@@ -7,7 +7,7 @@ clipping and seed, with the loss on assistant tokens only (response + its eos). 
 and data to a temp dir and every trainer loads those files. Each run (TRL in each mode of TRL_MODES, then posttrain)
 is a fresh subprocess with 2 torch threads, so warm caches and memory peaks do not leak between runs.
 
-Measured, per run:
+Measured per run (the ratio ours/TRL uses TRL's fastest mode):
 - tokens_per_s: trained tokens (label positions scored by the loss, `labels[:, 1:] != -100`) of steps 3..N over
   the wall time (perf_counter) from the end of step 2 to the end of step N; steps 1-2 are warm-up. Collation and
   data loading between steps count (they are part of training). seq_tokens_per_s: same for all non-pad tokens.
@@ -16,7 +16,6 @@ Measured, per run:
 - memory: resident set size (RSS) of the run's process; tracemalloc is not used since it does not see torch's C++
   allocations. rss_start_mb: RSS at train start (libraries, model, tokenized data). peak_rss_mb: peak RSS during
   training (Linux VmHWM, reset at train start via /proc/self/clear_refs; ru_maxrss elsewhere).
-The ratio ours/TRL uses TRL's fastest mode.
 
     benchmarks/.venv/bin/python benchmarks/sft_vs_trl.py [--steps 30 --batch-size 8 --seq-len 256 --out r.json]
 """
@@ -145,14 +144,13 @@ def setup(args: argparse.Namespace) -> Setup:
 
 def _hwm_mb() -> float:
     """Peak RSS of this process in MiB: Linux VmHWM, else ru_maxrss (whole process life)."""
-    if os.path.exists("/proc/self/status"):
-        status = Path("/proc/self/status").read_text().splitlines()
-        return next(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM")) / 1024
+    if os.path.exists("/proc/self/status"):  # VmHWM is in kB
+        return int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Meter:
-    """What both sides record: train_begin() once, add(step, ...) per micro-batch, step_end(step) per step (1-based)."""
+    """Both sides record: train_begin() once, add(step, ...) per micro-batch, step_end(step) per step (from 1)."""
 
     def __init__(self) -> None:
         self.trained, self.seq_tokens, self.loss = defaultdict(int), defaultdict(int), defaultdict(float)
@@ -220,6 +218,7 @@ def run_trl(s: Setup, mode: str = "padding") -> dict:
 
     # TRL defaults bf16=True and gradient checkpointing=True even on CPU: both off. transformers >= 5.x calls it
     # activation_checkpointing (TRL's gradient_checkpointing=True default feeds it; the old name warns).
+    # assistant_only_loss needs {% generation %} markers in the chat template.
     cfg = trl.SFTConfig(
         output_dir=f"{s.workdir}/trl_{mode}", max_steps=s.steps, seed=s.seed, data_seed=s.seed,
         per_device_train_batch_size=s.batch_size, gradient_accumulation_steps=s.grad_accum,
@@ -229,8 +228,7 @@ def run_trl(s: Setup, mode: str = "padding") -> dict:
         train_sampling_strategy="group_by_length" if mode == "grouped" else "random",
         use_cpu=True, dataloader_num_workers=0, report_to="none", disable_tqdm=True,
         logging_strategy="steps", logging_steps=s.steps, save_strategy="no", eval_strategy="no",
-        assistant_only_loss=True,  # needs {% generation %} markers in the chat template
-        max_length=None if mode == "padding_free" else s.seq_len,
+        assistant_only_loss=True, max_length=None if mode == "padding_free" else s.seq_len,
         packing=mode == "packing", packing_strategy="bfd", padding_free=mode == "padding_free",
         model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"},
     )
@@ -279,15 +277,14 @@ def main() -> None:
     res = {f"trl:{m}": _run_isolated(f"trl:{m}", s) for m in args.trl_modes.split(",")}
     res["posttrain"] = _run_isolated("posttrain", s)
 
-    print(f"\nbatch={s.batch_size} seq_len={s.seq_len} steps={s.steps}, first {s.skip_steps} untimed, load {load_before}")
+    print(f"\nbatch={s.batch_size} seq_len={s.seq_len} steps={s.steps} (first {s.skip_steps} untimed) load={load_before}")
     cols = {"tokens_per_s": "tok/s", "seq_tokens_per_s": "seq tok/s", "tokens_per_cpu_s": "tok/cpu-s",
             "loss_first": "loss@1", "loss_last": "loss@N", "loss_last5": "last5", "rss_start_mb": "RSS0 MiB",
             "peak_rss_mb": "peak MiB", "loadavg_1m_after": "load"}
     print(f"{'run':16}" + "".join(f"{h:>10}" for h in cols.values()))
     for name, r in res.items():
-        cells = [f"{r[c]:>10}" for c in cols] if r.get("tokens_per_s") else [
-            "  " + (r.get("skipped") or r.get("error") or r.get("trainer"))]
-        print(f"{name:16}" + "".join(cells))
+        note = r.get("skipped") or r.get("error") or r.get("trainer")
+        print(f"{name:16}" + ("".join(f"{r[c]:>10}" for c in cols) if r.get("tokens_per_s") else f"  {note}"))
     trl_ok = {k: v for k, v in res.items() if k.startswith("trl:") and v.get("tokens_per_s")}
     best = max(trl_ok, key=lambda k: trl_ok[k]["tokens_per_s"]) if trl_ok else None
     ours = res["posttrain"].get("tokens_per_s")

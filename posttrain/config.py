@@ -158,9 +158,7 @@ def _set(tree: dict, cls: type, key: str, value: Any, origin: str) -> None:
         if _is_section(tp):
             sub = node.setdefault(part, {})
             if last:
-                if isinstance(value, dict):
-                    for k, v in value.items():
-                        _set(sub, tp, str(k), v, origin)
+                if isinstance(value, dict):  # only an empty mapping gets here (see _flatten)
                     return
                 primary = getattr(tp, "PRIMARY", None)
                 if primary is None:
@@ -172,6 +170,17 @@ def _set(tree: dict, cls: type, key: str, value: Any, origin: str) -> None:
             if not last:
                 raise UserError(f"{origin}config key '{'.'.join(parts[: i + 1])}' has no field '{parts[i + 1]}'")
             node[part] = value
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    """{"optim": {"lr": 1}} -> [("optim.lr", 1)]."""
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
 
 
 def _build(cls: type, tree: dict, prefix: str = "") -> Any:
@@ -201,13 +210,14 @@ def load_config(cls: type, config_file: str | None = None, overrides: list[str] 
             raise UserError(f"{config_file}{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
         if not isinstance(data, dict):
             raise UserError(f"{config_file}: expected a mapping of config keys, got {type(data).__name__}")
-        for k, v in data.items():
-            _set(tree, cls, str(k), v, f"{config_file}: ")
+        for k, v in _flatten(data):
+            _set(tree, cls, k, v, f"{config_file}: ")
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"override '{item}' is not of the form key=value (e.g. optim.lr=1e-4)")
         k, v = item.split("=", 1)
-        _set(tree, cls, k.strip(), _parse_scalar(v), "")
+        for key, value in _flatten({k.strip(): _parse_scalar(v)}):
+            _set(tree, cls, key, value, "")
     return _build(cls, tree)
 
 

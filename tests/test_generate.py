@@ -1,7 +1,8 @@
 """Sampling: greedy is deterministic and batch-independent, stop tokens end a response, raw prompts skip
 the chat template, seeded sampling repeats, and the `posttrain generate --json` command line.
 
-A tiny seeded random-init Llama (hidden 32, 2 layers) with a BPE tokenizer trained here; nothing is downloaded.
+A tiny seeded random-init Llama (hidden 32, 2 layers) with a BPE tokenizer trained here; nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from posttrain.rollout.generate import generate
 
 NAMES = ["ada", "bob", "cy", "dee", "eve", "fay", "gus", "hal"]
 THINGS = ["apples", "books", "cats", "dogs", "eggs", "figs", "hats", "keys"]
-PROMPTS = ["hi", "how many cats does ada have?", "bob has 3 figs and 4 hats, not keys. how many eggs does eve have?"]
+PROMPTS = ["hi", "how many cats does ada have?",
+           "bob has 3 figs and 4 hats, not keys. how many eggs does eve have?"]
 
 
 # --- builders ------------------------------------------------------------------------------------
@@ -132,7 +134,8 @@ def _prompt_ids(model, tok, monkeypatch, prompts, **kw) -> list[list[int]]:
 def test_raw_feeds_plain_text_and_chat_applies_the_template(gen_model, gen_tok, monkeypatch):
     text = "how many cats does ada have?"
     plain = gen_tok(text, add_special_tokens=False).input_ids
-    assert _prompt_ids(gen_model, gen_tok, monkeypatch, [text], raw=True) == [gen_tok(text).input_ids] == [plain]
+    assert gen_tok(text).input_ids == plain  # this tokenizer adds no BOS on its own
+    assert _prompt_ids(gen_model, gen_tok, monkeypatch, [text], raw=True) == [plain]
     special = gen_tok.convert_tokens_to_ids(["<|bos|>", "<|user|>", "<|end|>", "<|assistant|>"])
     bos, user, end, assistant = special
     # posttrain's template: <|bos|><|user|>TEXT<|end|><|assistant|>
@@ -164,7 +167,8 @@ def test_generate_cli_prints_json(gen_tok, tmp_path):
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "posttrain"]
     proc = subprocess.run([*cmd, "generate", "--model", str(tmp_path / "m"), "--prompt", "hi",
                            "--max-new-tokens", "4", "--json"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert isinstance(out, list) and len(out) == 1

@@ -167,7 +167,8 @@ def sft_run(models_tok, tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_lora_target_modules_cover_every_block_linear_and_skip_the_head(arch, models_tok):
-    assert lora_target_modules(tiny_model(arch, models_tok, hidden=32, layers=2, heads=4)) == EXPECTED_TARGETS[arch]
+    model = tiny_model(arch, models_tok, hidden=32, layers=2, heads=4)
+    assert lora_target_modules(model) == EXPECTED_TARGETS[arch]
 
 
 # --- SFT on every architecture -------------------------------------------------------------------
@@ -312,7 +313,8 @@ def test_cli_bad_input_is_one_error_line_and_exit_2_and_debug_shows_the_tracebac
     """Both runs start at once (each pays the torch import)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     argv = [*posttrain_cmd(), "sft", "model=/nonexistent", "data=x.jsonl"]
-    procs = [subprocess.Popen(a, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(a, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
              for a in (argv, [*argv, "--debug"])]
     (out, err), (_, debug_err) = (p.communicate(timeout=120) for p in procs)
     plain, debug = procs

@@ -43,14 +43,14 @@ def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None) -> No
     """Load base + adapter, merge the LoRA weights into the base, save a plain model (and tokenizer) to `out_dir`."""
     from peft import PeftConfig, PeftModel
 
-    from posttrain.io import atomic_dir
+    from posttrain.data.render import Renderer
     from posttrain.models.load import load_model, load_tokenizer
+    from posttrain.recipes.common import save_model
 
     if not (Path(adapter_dir) / "adapter_config.json").exists():
         raise UserError(f"merge: '{adapter_dir}' has no adapter_config.json (is it a LoRA adapter folder?)")
     base = base or PeftConfig.from_pretrained(adapter_dir).base_model_name_or_path
     model = PeftModel.from_pretrained(load_model(base), adapter_dir).merge_and_unload()
     tok_src = adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base
-    with atomic_dir(out_dir) as tmp:
-        model.save_pretrained(tmp)
-        load_tokenizer(tok_src).save_pretrained(tmp)
+    tok = load_tokenizer(tok_src)
+    save_model(model, tok, Path(out_dir), Renderer(tok).stop_token_ids())

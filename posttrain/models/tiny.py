@@ -23,7 +23,8 @@ def tiny_config(arch: str, vocab_size: int, hidden: int = 64, layers: int = 2, h
         raise UserError(f"unknown architecture '{arch}'{did_you_mean(arch, ARCHS)}; choose one of {', '.join(ARCHS)}")
     if arch == "gpt2":
         return AutoConfig.for_model("gpt2", vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
-                                    n_positions=max_len, **special)
+                                    n_positions=max_len, resid_pdrop=0.0, embd_pdrop=0.0,
+                                    attn_pdrop=0.0, **special)
     common = dict(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=hidden * 2 + hidden // 2 * 3,
                   num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=max_len, **special)
     if arch == "gpt_neox":

@@ -182,6 +182,7 @@ def build_model(cfg: SFTConfig):
 def save_final(cfg: SFTConfig, model, tok, stop_ids: list[int]) -> Path:
     """model/ (a plain Hugging Face folder); with LoRA also adapter/, and model/ holds the merged weights."""
     out = Path(cfg.output_dir)
+    model.config.use_cache = True  # training turned the cache off; a saved model generates with it
     if not cfg.lora.enabled:
         common.save_model(model, tok, out / "model", stop_ids)
         return out / "model"

@@ -47,30 +47,40 @@ def generate(
         else:
             ids = renderer.prompt_ids(chat_prompt(p) if isinstance(p, str) else p)
         encoded.append(ids)
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     results = []
-    for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start : start + batch_size]
-        width = max(len(x) for x in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, x in enumerate(chunk):  # left padding: every prompt ends at the same column
-            ids[i, width - len(x):] = torch.tensor(x)
-            mask[i, width - len(x):] = 1
-        sample = temperature > 0
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
-            top_k=None, eos_token_id=stop_ids, pad_token_id=pad_id,
-        )
-        for row in out[:, width:].tolist():
-            cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
-            resp = row if cut is None else row[:cut]
-            results.append({"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp,
-                            "stopped": cut is not None})
+    with torch.random.fork_rng(devices=[]):  # sampling leaves the caller's RNG state as it was
+        for start in range(0, len(encoded), batch_size):
+            results += _generate_chunk(model, tokenizer, encoded[start : start + batch_size], pad_id, stop_ids,
+                                       max_new_tokens, temperature, top_p, gen, device)
+    model.train(was_training)
+    return results
+
+
+def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_ids: list[int], max_new_tokens: int,
+                    temperature: float, top_p: float, gen: torch.Generator, device) -> list[dict]:
+    """One left-padded batch: every prompt ends at the same column, so new tokens start together."""
+    width = max(len(x) for x in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(chunk):
+        ids[i, width - len(x):] = torch.tensor(x)
+        mask[i, width - len(x):] = 1
+    sample = temperature > 0
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    out = model.generate(
+        input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+        do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
+        top_k=None, eos_token_id=stop_ids, pad_token_id=pad_id,
+    )
+    results = []
+    for row in out[:, width:].tolist():
+        cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
+        resp = row if cut is None else row[:cut]
+        results.append({"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp, "stopped": cut is not None})
     return results
 
 

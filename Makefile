@@ -1,0 +1,36 @@
+# posttrain: `make demo` and `make test` work on a fresh machine (they create .venv first).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch; never a multi-GB CUDA build.
+TORCH := torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/posttrain: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check $(TORCH) 2>&1 | grep -v "is ignored" || true
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python -c "import posttrain, torch, transformers, peft, accelerate"
+	touch $@
+
+demo: $(BIN)/posttrain
+	$(BIN)/python examples/demo.py
+
+test: $(BIN)/posttrain
+	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+
+lint: $(BIN)/posttrain
+	$(BIN)/ruff check posttrain tests benchmarks examples
+
+# The benchmark against TRL has its own environment (TRL is not a dependency of posttrain).
+bench:
+	test -x benchmarks/.venv/bin/python || $(PY) -m venv benchmarks/.venv
+	benchmarks/.venv/bin/pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
+	benchmarks/.venv/bin/pip install -q -r benchmarks/requirements.txt -e . 2>&1 | grep -v "is ignored" || true
+	benchmarks/.venv/bin/python benchmarks/sft_vs_trl.py
+
+clean:
+	rm -rf $(VENV) runs
