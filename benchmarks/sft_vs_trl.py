@@ -1,17 +1,17 @@
 """SFT throughput on CPU: posttrain vs TRL's SFTTrainer, like with like, in one run.
 
-Compared: full fine-tuning of the same tiny random-init Llama (~5.3M params, fp32, sdpa attention), the same BPE
-tokenizer (trained here on the data) and chat template, the same seeded synthetic chat data (OpenAI `messages`,
-2000 examples), batch size, gradient accumulation, max sequence length, steps, AdamW + linear warm-up/decay, grad
-clipping and seed, with the loss on assistant tokens only (response + its eos). `setup()` writes model, tokenizer
-and data to a temp dir and every trainer loads those files. Each run (TRL in each mode of TRL_MODES, then posttrain)
-is a fresh subprocess with 2 torch threads, so warm caches and memory peaks do not leak between runs.
+Compared: full fine-tuning of the same tiny random-init Llama (~5.3M params, fp32, sdpa attention), BPE tokenizer
+(trained here on the data) and chat template, seeded synthetic chat data (OpenAI `messages`, 2000 examples), batch
+size, gradient accumulation, max sequence length, steps, AdamW + linear warm-up/decay, grad clipping and seed, with
+the loss on assistant tokens only (response + its eos). `setup()` writes model, tokenizer and data to a temp dir that
+every trainer loads. Each run (TRL in each of TRL_MODES, then posttrain) is a fresh subprocess with 2 torch threads.
 
 Measured per run (the ratio ours/TRL uses TRL's fastest mode):
 - tokens_per_s: trained tokens (label positions scored by the loss, `labels[:, 1:] != -100`) of steps 3..N over
   the wall time (perf_counter) from the end of step 2 to the end of step N; steps 1-2 are warm-up. Collation and
-  data loading between steps count (they are part of training). seq_tokens_per_s: same for all non-pad tokens.
-  tokens_per_cpu_s uses process CPU time instead, a cross-check when the machine is shared (see loadavg).
+  data loading between steps count. seq_tokens_per_s: same for all non-pad tokens; tokens_per_cpu_s: per CPU
+  second. cpu_util = CPU s / wall s, about `threads` (2) on a quiet machine; far below means other processes took
+  the cores and the numbers are not usable.
 - loss_last: the last step's loss; loss_last5: mean of the last 5 steps.
 - memory: resident set size (RSS) of the run's process; tracemalloc is not used since it does not see torch's C++
   allocations. rss_start_mb: RSS at train start (libraries, model, tokenized data). peak_rss_mb: peak RSS during
@@ -179,7 +179,7 @@ class Meter:
                 "tokens_per_cpu_s": round(tok / cpu, 1), "loss_first": round(losses[0], 4),
                 "loss_last": round(losses[-1], 4), "loss_last5": round(sum(losses[-5:]) / len(losses[-5:]), 4),
                 "rss_start_mb": round(self.rss_start), "peak_rss_mb": round(_hwm_mb()),
-                "loadavg_1m_after": round(os.getloadavg()[0], 2), **extra}
+                "cpu_util": round(cpu / secs, 2), **extra}
 
 
 def run_trl(s: Setup, mode: str = "padding") -> dict:
@@ -201,7 +201,7 @@ def run_trl(s: Setup, mode: str = "padding") -> dict:
 
     class Timer(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kw):
-            assert not getattr(model, "is_gradient_checkpointing", False), "activation checkpointing is on"
+            assert not getattr(model, "is_activation_checkpointing", False), "activation checkpointing is on"
             meter.train_begin()
 
         def on_step_end(self, args, state, control, **kw):
@@ -273,18 +273,18 @@ def main() -> None:
         res = run_posttrain(s) if name == "posttrain" else run_trl(s, name.split(":", 1)[1])
         return Path(out).write_text(json.dumps(res))
     s = setup(args)
-    load_before = round(os.getloadavg()[0], 2)
-    res = {f"trl:{m}": _run_isolated(f"trl:{m}", s) for m in args.trl_modes.split(",")}
-    res["posttrain"] = _run_isolated("posttrain", s)
+    res = {name: _run_isolated(name, s) for name in [f"trl:{m}" for m in args.trl_modes.split(",")] + ["posttrain"]}
 
-    print(f"\nbatch={s.batch_size} seq_len={s.seq_len} steps={s.steps} (first {s.skip_steps} untimed) load={load_before}")
+    print(f"\nbatch={s.batch_size} seq_len={s.seq_len} steps={s.steps} (first {s.skip_steps} untimed)")
     cols = {"tokens_per_s": "tok/s", "seq_tokens_per_s": "seq tok/s", "tokens_per_cpu_s": "tok/cpu-s",
             "loss_first": "loss@1", "loss_last": "loss@N", "loss_last5": "last5", "rss_start_mb": "RSS0 MiB",
-            "peak_rss_mb": "peak MiB", "loadavg_1m_after": "load"}
+            "peak_rss_mb": "peak MiB", "cpu_util": "cpu util"}
     print(f"{'run':16}" + "".join(f"{h:>10}" for h in cols.values()))
     for name, r in res.items():
         note = r.get("skipped") or r.get("error") or r.get("trainer")
         print(f"{name:16}" + ("".join(f"{r[c]:>10}" for c in cols) if r.get("tokens_per_s") else f"  {note}"))
+    if any(r.get("cpu_util", s.threads) < 0.9 * s.threads for r in res.values()):
+        print(f"WARNING: cpu util < {0.9 * s.threads} in some run: the machine was busy, rerun when it is quiet")
     trl_ok = {k: v for k, v in res.items() if k.startswith("trl:") and v.get("tokens_per_s")}
     best = max(trl_ok, key=lambda k: trl_ok[k]["tokens_per_s"]) if trl_ok else None
     ours = res["posttrain"].get("tokens_per_s")

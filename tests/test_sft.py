@@ -224,3 +224,13 @@ def test_two_processes_equal_one(model_dir, chat_file, tmp_path):
     run(model_dir, chat_file, tmp_path / "one", *common[2:])
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-6)
     assert losses(tmp_path / "one") == pytest.approx(losses(tmp_path / "two"), abs=3e-6)
+
+
+def test_gradient_checkpointing_is_exact_and_bf16_is_close(model_dir, chat_file, tmp_path):
+    base = ("max_steps=2", "data.max_seq_len=64")
+    run(model_dir, chat_file, tmp_path / "plain", *base)
+    run(model_dir, chat_file, tmp_path / "ckpt", *base, "model.gradient_checkpointing=true")
+    assert_same_weights(tmp_path / "plain", tmp_path / "ckpt", atol=1e-6)
+    run(model_dir, chat_file, tmp_path / "bf16", *base, "precision=bf16")
+    fp32, bf16 = losses(tmp_path / "plain"), losses(tmp_path / "bf16")
+    assert fp32[0] == pytest.approx(bf16[0], abs=0.05) and fp32 != bf16  # autocast really ran in bf16

@@ -31,6 +31,11 @@ def make_accelerator(precision: str, seed: int, threads: int = 0) -> Accelerator
     """Accelerator for fp32 or bf16 autocast; torch threads set when `threads` > 0; all RNGs seeded."""
     if threads > 0:
         torch.set_num_threads(threads)
+    # Several recipes may run in one process (the pipeline, notebooks, tests): the accelerator settings are
+    # per run, while the process group (PartialState) is kept.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
     # cpu=True on a machine without CUDA makes several launched processes a gloo process group (MULTI_CPU).
     acc = Accelerator(mixed_precision="bf16" if precision == "bf16" else "no", cpu=not torch.cuda.is_available())
     seed_everything(seed)
