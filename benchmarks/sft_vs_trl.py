@@ -3,8 +3,8 @@
 Compared: full fine-tuning of the same tiny random-init Llama (~5.3M params, fp32, sdpa attention), BPE tokenizer
 (trained here on the data) and chat template, seeded synthetic chat data (OpenAI `messages`, 2000 examples), batch
 size, gradient accumulation, max sequence length, steps, AdamW + linear warm-up/decay, grad clipping and seed, with
-the loss on assistant tokens only (response + its eos). `setup()` writes model, tokenizer and data to a temp dir that
-every trainer loads. Each run (TRL in each of TRL_MODES, then posttrain) is a fresh subprocess with 2 torch threads.
+the loss on assistant tokens only (response + its eos). `setup()` writes model, tokenizer and data to a temp dir
+that every trainer loads; each run (TRL in each of TRL_MODES, then posttrain) is a fresh 2-thread subprocess.
 
 Measured per run (the ratio ours/TRL uses TRL's fastest mode):
 - tokens_per_s: trained tokens (label positions scored by the loss, `labels[:, 1:] != -100`) of steps 3..N over
@@ -47,7 +47,8 @@ CHAT_TEMPLATE = (
     "{% else %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )
-TRL_MODES = ("padding", "grouped", "packing", "padding_free")
+TRL_MODES = ("padding", "grouped", "packing", "padding_free", "grouped_compile", "padding_free_compile")
+OURS_MODES = ("padding", "packing", "packing_compile")
 
 
 @dataclasses.dataclass
@@ -106,13 +107,12 @@ def make_examples(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def setup(args: argparse.Namespace) -> Setup:
-    """Write data (JSONL), tokenizer and random-init model to a temp dir; return the shared Setup."""
+def setup(args: argparse.Namespace, work: str) -> Setup:
+    """Write data (JSONL), tokenizer and random-init model to `work`; return the shared Setup."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    work = tempfile.mkdtemp(prefix="sft_vs_trl_")
     s = Setup(work, f"{work}/model", f"{work}/tokenizer", f"{work}/data.jsonl", batch_size=args.batch_size,
               seq_len=args.seq_len, steps=args.steps)
     rows = make_examples(s.n_examples, s.seed)
@@ -193,6 +193,7 @@ def run_trl(s: Setup, mode: str = "padding") -> dict:
     from transformers import AutoTokenizer, TrainerCallback
 
     torch.set_num_threads(s.threads)
+    compiled, mode = mode.endswith("_compile"), mode.removesuffix("_compile")  # "<mode>_compile": torch_compile=True
     meter = Meter()
     rows = [json.loads(ln) for ln in Path(s.data_file).read_text().splitlines()]
     tok = AutoTokenizer.from_pretrained(s.tokenizer_dir)
@@ -230,30 +231,62 @@ def run_trl(s: Setup, mode: str = "padding") -> dict:
         logging_strategy="steps", logging_steps=s.steps, save_strategy="no", eval_strategy="no",
         assistant_only_loss=True, max_length=None if mode == "padding_free" else s.seq_len,
         packing=mode == "packing", packing_strategy="bfd", padding_free=mode == "padding_free",
-        model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"},
+        model_init_kwargs={"dtype": torch.float32, "attn_implementation": "sdpa"}, torch_compile=compiled,
     )
     trainer = CountingSFTTrainer(model=s.model_dir, args=cfg, processing_class=tok,
                                  train_dataset=datasets.Dataset.from_list(rows), callbacks=[Timer()])
     trainer.train()
-    return meter.result(s, trainer=f"trl {trl.__version__} ({mode})")
+    return meter.result(s, trainer=f"trl {trl.__version__} ({mode}{' compiled' if compiled else ''})")
 
 
-def run_posttrain(s: Setup) -> dict:
-    """TODO(lead): wire to posttrain.recipes.sft.main(cfg), in-process, the equivalent of
-    `posttrain sft model={s.model_dir} data={s.data_file} output_dir={s.workdir}/ours max_steps={s.steps} seed=0
-    batch_size={s.batch_size} max_seq_len={s.seq_len} optim.lr={s.lr}` plus warm-up, AdamW/clip as in Setup, fp32,
-    torch.set_num_threads(s.threads), no saving/eval. Feed a Meter exactly like run_trl does: meter.train_begin() at
-    train start; per micro-batch meter.add(step, trained=(labels[:, 1:] != -100).sum(), seq_tokens=non-pad tokens,
-    loss=float(loss)); meter.step_end(step) right after each optimizer step; return meter.result(s, trainer=...)."""
-    return {"tokens_per_s": None, "trainer": "posttrain (not wired yet)"}
+def run_posttrain(s: Setup, mode: str = "packing") -> dict:
+    """posttrain's SFT recipe in-process (the same `main(cfg)` as `posttrain sft ...`), fp32, with the Setup's
+    batch, accumulation, lr schedule, AdamW and clipping. `mode`: packing (whole examples packed into seq_len rows,
+    position ids restart per document; batch = packed rows) or padding (batch = examples, padded).
+    Per-step trained tokens, loss and wall time come from the run's metrics.jsonl (`train/elapsed_s`); CPU time
+    is measured over the whole run and spread over the steps in proportion to wall time (for cpu_util only)."""
+    import shutil
+
+    import torch
+
+    from posttrain.config import load_config
+    from posttrain.recipes import sft
+
+    torch.set_num_threads(s.threads)
+    compiled, mode = mode.endswith("_compile"), mode.removesuffix("_compile")
+    model_dir, out = f"{s.workdir}/posttrain_model", f"{s.workdir}/posttrain_{mode}{'_compile' * compiled}"
+    shutil.copytree(s.model_dir, model_dir, dirs_exist_ok=True)
+    shutil.copytree(s.tokenizer_dir, model_dir, dirs_exist_ok=True)
+    cfg = load_config(sft.SFTConfig, None, [
+        f"model={model_dir}", f"data={s.data_file}", f"output_dir={out}", f"max_steps={s.steps}", f"seed={s.seed}",
+        f"batch_size={s.batch_size * s.grad_accum}", f"micro_batch_size={s.batch_size}",
+        f"data.max_seq_len={s.seq_len}", f"data.packing={mode == 'packing'}", f"optim.lr={s.lr}",
+        f"optim.warmup_steps={s.warmup_steps}", "optim.schedule=linear", f"optim.weight_decay={s.weight_decay}",
+        f"optim.max_grad_norm={s.max_grad_norm}", f"threads={s.threads}", "precision=fp32", f"log_every={1}",
+        f"compile={compiled}",
+    ])
+    meter = Meter()
+    meter.train_begin()
+    c0 = time.process_time()
+    sft.main(cfg)
+    c1 = time.process_time()
+    rows = [json.loads(x) for x in Path(out, "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "train/loss" in r]
+    total = rows[-1]["train/elapsed_s"]
+    for r in rows:
+        meter.add(r["step"], r["train/tokens"], r["train/seq_tokens"], r["train/loss"])
+        meter.t_end[r["step"]] = r["train/elapsed_s"]
+        meter.cpu_end[r["step"]] = (c1 - c0) * r["train/elapsed_s"] / total
+    import posttrain
+
+    return meter.result(s, trainer=f"posttrain {posttrain.__version__} ({mode}{' compiled' if compiled else ''})")
 
 
 def _run_isolated(name: str, s: Setup) -> dict:
     """Run one trainer in a fresh interpreter (clean RSS peak, no shared warm caches)."""
     sj, out = f"{s.workdir}/setup.json", f"{s.workdir}/{name.replace(':', '_')}.json"
     Path(sj).write_text(json.dumps(dataclasses.asdict(s)))
-    env = {**os.environ, "OMP_NUM_THREADS": str(s.threads)}
-    rc = subprocess.run([sys.executable, __file__, "--worker", name, sj, out], env=env).returncode
+    rc = subprocess.run([sys.executable, __file__, "--worker", name, sj, out]).returncode
     return json.loads(Path(out).read_text()) if rc == 0 else {"error": f"exit code {rc}", "tokens_per_s": None}
 
 
@@ -262,18 +295,22 @@ def main() -> None:
     for flag, default in (("--steps", 30), ("--batch-size", 8), ("--seq-len", 256)):
         ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--trl-modes", default=",".join(TRL_MODES), help="comma-separated subset of %(default)s")
+    ap.add_argument("--ours-modes", default=",".join(OURS_MODES), help="comma-separated subset of %(default)s")
     ap.add_argument("--out", help="write setup and all results as JSON here")
     ap.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    os.environ.update(TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-                      HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
+    os.environ.update(OMP_NUM_THREADS=str(Setup.threads), TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+                      HF_DATASETS_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", HF_DATASETS_DISABLE_PROGRESS_BARS="1")
     if args.worker:  # child process: run one trainer, write its result
         name, setup_json, out = args.worker
         s = Setup(**json.loads(Path(setup_json).read_text()))
-        res = run_posttrain(s) if name == "posttrain" else run_trl(s, name.split(":", 1)[1])
+        kind, mode = name.split(":", 1)
+        res = run_posttrain(s, mode) if kind == "posttrain" else run_trl(s, mode)
         return Path(out).write_text(json.dumps(res))
-    s = setup(args)
-    res = {name: _run_isolated(name, s) for name in [f"trl:{m}" for m in args.trl_modes.split(",")] + ["posttrain"]}
+    with tempfile.TemporaryDirectory(prefix="sft_vs_trl_") as work:  # removed at the end
+        s = setup(args, work)
+        names = [f"trl:{m}" for m in args.trl_modes.split(",")] + [f"posttrain:{m}" for m in args.ours_modes.split(",")]
+        res = {n: _run_isolated(n, s) for n in names}
 
     print(f"\nbatch={s.batch_size} seq_len={s.seq_len} steps={s.steps} (first {s.skip_steps} untimed)")
     cols = {"tokens_per_s": "tok/s", "seq_tokens_per_s": "seq tok/s", "tokens_per_cpu_s": "tok/cpu-s",
@@ -285,13 +322,23 @@ def main() -> None:
         print(f"{name:16}" + ("".join(f"{r[c]:>10}" for c in cols) if r.get("tokens_per_s") else f"  {note}"))
     if any(r.get("cpu_util", s.threads) < 0.9 * s.threads for r in res.values()):
         print(f"WARNING: cpu util < {0.9 * s.threads} in some run: the machine was busy, rerun when it is quiet")
-    trl_ok = {k: v for k, v in res.items() if k.startswith("trl:") and v.get("tokens_per_s")}
-    best = max(trl_ok, key=lambda k: trl_ok[k]["tokens_per_s"]) if trl_ok else None
-    ours = res["posttrain"].get("tokens_per_s")
-    ratio = round(ours / trl_ok[best]["tokens_per_s"], 3) if ours and best else None
-    print(f"TRL best: {best}   ours/TRL (trained tokens/s): {ratio}")
+    def best_of(prefix: str) -> str | None:
+        ok = {k: v for k, v in res.items() if k.startswith(prefix) and v.get("tokens_per_s")}
+        return max(ok, key=lambda k: ok[k]["tokens_per_s"]) if ok else None
+
+    def ratio_of(a: str | None, b: str | None) -> float | None:
+        return round(res[a]["tokens_per_s"] / res[b]["tokens_per_s"], 3) if a and b else None
+
+    best, ours = best_of("trl:"), best_of("posttrain:")
+    ratio = ratio_of(ours, best)
+    print(f"best: {ours} vs {best}   ours/TRL (trained tokens/s): {ratio}")
+    for a, b in (("posttrain:padding", "trl:padding"), ("posttrain:packing", "trl:packing")):
+        if a in res and b in res:
+            print(f"like for like: {a} / {b} = {ratio_of(a if res[a].get('tokens_per_s') else None, b if res[b].get('tokens_per_s') else None)}")
     if args.out:
-        summary = {"setup": dataclasses.asdict(s), "results": res, "trl_best": best, "ratio_ours_over_trl": ratio}
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        summary = {"setup": dataclasses.asdict(s), "results": res, "trl_best": best, "ours_best": ours,
+                   "ratio_ours_over_trl": ratio}
         Path(args.out).write_text(json.dumps(summary, indent=2))
 
 

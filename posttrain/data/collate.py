@@ -50,14 +50,15 @@ def pack_rows(rows: list[Rendered], max_len: int) -> list[list[int]]:
     return groups
 
 
-def packed_batch(groups: list[list[Rendered]], pad_id: int) -> dict[str, torch.Tensor]:
+def packed_batch(groups: list[list[Rendered]], pad_id: int, pad_to: int = 0) -> dict[str, torch.Tensor]:
     """Concatenate each group's documents into one row. Returns input_ids, position_ids, labels (B, T).
 
     The first token of each document gets label -100 (nothing before it in its document predicts it), so
     after the shift no document is trained to predict the next one's first token. Trailing padding gets
     position ids that continue the last document: harmless under the causal mask, and labels -100.
+    `pad_to` fixes the width (static shapes for torch.compile).
     """
-    width = max(sum(len(r.input_ids) for r in g) for g in groups)
+    width = max(pad_to, max(sum(len(r.input_ids) for r in g) for g in groups))
     ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
     labels = torch.full((len(groups), width), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(groups), width), dtype=torch.long)

@@ -91,6 +91,7 @@ class SFTConfig:
     batch_size: int = doc(16, "examples (or packed rows) per optimizer step, over all processes and accumulation")
     micro_batch_size: int = doc(4, "examples (or packed rows) per forward pass on one process")
     precision: Literal["fp32", "bf16"] = doc("fp32", "fp32, or bf16 autocast")
+    compile: bool = doc(False, "torch.compile the model: faster steps after a one-off compile (about a minute on CPU)")
     log_every: int = doc(1, "log metrics every N steps")
     eval_every: int = doc(0, "evaluate every N steps (0: only at the end)")
     save_every: int = doc(0, "checkpoint every N steps (0: no intermediate checkpoints)")
@@ -129,10 +130,10 @@ def build_data(cfg: SFTConfig, tok, log=print):
     return rows, units(rows), eval_rows, units(eval_rows), stats, renderer
 
 
-def collate(rows, unit_ids, units, packing: bool, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(rows, unit_ids, units, packing: bool, pad_id: int, pad_to: int = 0) -> dict[str, torch.Tensor]:
     groups = [[rows[i] for i in units[u]] for u in unit_ids]
     if packing:
-        return packed_batch(groups, pad_id)
+        return packed_batch(groups, pad_id, pad_to)
     return pad_batch([g[0] for g in groups], pad_id)
 
 
@@ -176,6 +177,8 @@ def build_model(cfg: SFTConfig):
         model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None)
     if cfg.model.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
+    if cfg.compile:
+        model.compile()  # in place: parameter names (checkpoints, saving) are unchanged
     return model
 
 
@@ -207,6 +210,7 @@ def main(cfg: SFTConfig) -> dict:
     tok = load_tokenizer(cfg.model.path)
     rows, units, eval_rows, eval_units, stats, renderer = build_data(cfg, tok)
     tokens_per_unit = unit_tokens(rows, units)
+    length_per_unit = [sum(len(rows[i].input_ids) for i in u) for u in units]
     stream = common.DataStream(len(units), cfg.batch_size, cfg.seed)
     max_steps = cfg.max_steps or max(1, int(cfg.epochs * len(units) // cfg.batch_size))
 
@@ -234,6 +238,7 @@ def main(cfg: SFTConfig) -> dict:
               f"{world} process{'es' if world > 1 else ''}; {msg}")
 
     # The loop.
+    pad_to = cfg.data.max_seq_len if cfg.compile and cfg.data.packing else 0  # static shapes for the compiler
     model.train()
     bar = tqdm(total=max_steps, initial=start, disable=not acc.is_main_process, desc="sft", dynamic_ncols=True)
     metrics: dict = {}
@@ -244,7 +249,8 @@ def main(cfg: SFTConfig) -> dict:
         micro = common.shard(step_units, rank, world, cfg.micro_batch_size)
         loss_sum = torch.zeros((), device=acc.device)
         for i, chunk in enumerate(micro):
-            batch = {k: v.to(acc.device) for k, v in collate(rows, chunk, units, cfg.data.packing, tok.pad_token_id).items()}
+            batch = collate(rows, chunk, units, cfg.data.packing, tok.pad_token_id, pad_to)
+            batch = {k: v.to(acc.device) for k, v in batch.items()}
             with common.no_sync(acc, model, i < len(micro) - 1), acc.autocast():
                 logits, targets = response_logits(model, batch)
                 s, _ = nll_sum(logits, targets)
@@ -263,7 +269,8 @@ def main(cfg: SFTConfig) -> dict:
         done = step + 1
         elapsed = time.perf_counter() - t0
         metrics = {"train/loss": step_loss, "train/lr": lr, "train/tokens": n_global,
-                   "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9)}
+                   "train/seq_tokens": sum(length_per_unit[u] for u in step_units),
+                   "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9), "train/elapsed_s": elapsed}
         if grad_norm is not None:
             metrics["train/grad_norm"] = float(grad_norm)
         if eval_units and cfg.eval_every and done % cfg.eval_every == 0 and done < max_steps:
