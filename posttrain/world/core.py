@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from posttrain.data.types import Message
 from posttrain.errors import UserError, did_you_mean
@@ -84,9 +84,10 @@ class Pool:
             raise ValueError(f"train and test pools share {sorted(shared)[:3]}")
 
     def of(self, split: str) -> tuple:
+        """The items of `split` ("train" or "test"; anything else is a `UserError`)."""
         return self.train if check_split(split) == "train" else self.test
 
-    def pick(self, rng: random.Random, split: str):
+    def pick(self, rng: random.Random, split: str) -> Any:
         return rng.choice(self.of(split))
 
     def sample(self, rng: random.Random, split: str, k: int) -> list:
@@ -100,11 +101,6 @@ def user(text: str) -> Message:
 def make_task(family: str, messages: list[Message], meta: dict, reference: str) -> Task:
     """A `Task` whose meta also records the reference length the rambling check needs."""
     return Task(family, messages, {**meta, "ref_chars": len(reference.strip())}, reference)
-
-
-def weighted(values: dict[str, float | bool], weights: dict[str, float]) -> float:
-    """Sum of `weights[name] * values[name]` (booleans count 0/1); the weights sum to 1."""
-    return sum(w * float(values[name]) for name, w in weights.items())
 
 
 def finish(content: float, checks: dict[str, float | bool], response: str, meta: dict, stopped: bool) -> Score:
