@@ -20,7 +20,7 @@ demo: $(BIN)/posttrain
 	$(BIN)/python examples/demo.py
 
 test: $(BIN)/posttrain
-	$(BIN)/python -m pytest tests -q -p no:cacheprovider
+	$(BIN)/python -m pytest tests -p no:cacheprovider
 
 lint: $(BIN)/posttrain
 	$(BIN)/ruff check posttrain tests benchmarks examples

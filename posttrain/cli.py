@@ -2,9 +2,13 @@
 
     posttrain sft --config configs/sft.yaml optim.lr=1e-4
     posttrain sft model=PATH data=FILE output_dir=DIR max_steps=N seed=N
+    posttrain pretrain data=CORPUS output_dir=DIR
+    posttrain pipeline [--config FILE] base=PATH
     posttrain data check FILE [--model PATH] [--json]
     posttrain generate --model PATH --prompt TEXT [--prompt TEXT ...]
     posttrain merge --adapter DIR --out DIR
+    posttrain eval world --model PATH [--raw] [--n 300] [--out FILE]
+    posttrain world sft-data --kind curated|noisy --n N --out FILE
     posttrain init-model --arch llama --data FILE --out DIR
 
 Bad input ends with one line `error: ...` and exit code 2; `--debug` shows the traceback instead.
@@ -20,8 +24,12 @@ import sys
 from posttrain.errors import TrainingDiverged, UserError, did_you_mean
 
 # recipe name -> module with a `<Name>Config` dataclass and `main(cfg)`
-RECIPES = {"sft": ("posttrain.recipes.sft", "SFTConfig")}
-COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model"]
+RECIPES = {
+    "sft": ("posttrain.recipes.sft", "SFTConfig"),
+    "pretrain": ("posttrain.recipes.pretrain", "PretrainConfig"),
+    "pipeline": ("posttrain.pipeline", "PipelineConfig"),
+}
+COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world"]
 
 
 def _recipe(name: str, argv: list[str]) -> int:
@@ -116,6 +124,21 @@ def _init_model(argv: list[str]) -> int:
     return 0
 
 
+def _eval(argv: list[str]) -> int:
+    if not argv or argv[0] != "world":
+        raise UserError("usage: posttrain eval world --model PATH [--n 300] [--seed S] [--split test] "
+                        "[--family NAME] [--raw] [--out FILE] [--max-new-tokens 128] [--batch-size 16]")
+    from posttrain.eval.world import eval_world_cli
+
+    return eval_world_cli(argv[1:])
+
+
+def _world(argv: list[str]) -> int:
+    from posttrain.world.commands import world_main
+
+    return world_main(argv)
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -123,7 +146,8 @@ def run(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     if cmd in RECIPES:
         return _recipe(cmd, rest)
-    handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model}
+    handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model, "eval": _eval,
+                "world": _world}
     if cmd not in handlers:
         raise UserError(f"unknown command '{cmd}'{did_you_mean(cmd, COMMANDS)}; commands: {', '.join(COMMANDS)}")
     return handlers[cmd](rest)

@@ -129,6 +129,23 @@ class MetricsLog:
             self.tb.close()
 
 
+def optimizer_step(acc: Accelerator, params, optimizer, scheduler, loss_sum: torch.Tensor, max_grad_norm: float,
+                   step: int, ckpt_dir: Path) -> dict[str, float]:
+    """End an optimizer step: clip, sum the loss over processes, stop on a non-finite value (before the weights
+    change), step optimizer and schedule. Returns the step's loss, the learning rate it used and the grad norm."""
+    grad_norm = acc.clip_grad_norm_(params, max_grad_norm) if max_grad_norm > 0 else None
+    loss = acc.reduce(loss_sum, reduction="sum").item()
+    check_finite(loss + (float(grad_norm) if grad_norm is not None else 0.0), step, ckpt_dir)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = {"train/loss": loss, "train/lr": lr}
+    if grad_norm is not None:
+        out["train/grad_norm"] = float(grad_norm)
+    return out
+
+
 def check_finite(value: float, step: int, ckpt_dir: Path) -> None:
     """Stop the run, writing nothing, when the loss or gradient norm is NaN or infinite."""
     if not math.isfinite(value):

@@ -257,28 +257,20 @@ def main(cfg: SFTConfig) -> dict:
                 loss = token_mean(s, n_global)
                 acc.backward(loss * world)  # DDP averages gradients over processes; the sum is what we want
             loss_sum += loss.detach()
-        grad_norm = acc.clip_grad_norm_(params, cfg.optim.max_grad_norm) if cfg.optim.max_grad_norm > 0 else None
-        step_loss = acc.reduce(loss_sum, reduction="sum").item()
-        common.check_finite(step_loss + (float(grad_norm) if grad_norm is not None else 0.0), step + 1, ckpt_dir)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        metrics = common.optimizer_step(acc, params, optimizer, scheduler, loss_sum, cfg.optim.max_grad_norm,
+                                        step + 1, ckpt_dir)
 
         seen_tokens += n_global
         done = step + 1
         elapsed = time.perf_counter() - t0
-        metrics = {"train/loss": step_loss, "train/lr": lr, "train/tokens": n_global,
-                   "train/seq_tokens": sum(length_per_unit[u] for u in step_units),
-                   "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9), "train/elapsed_s": elapsed}
-        if grad_norm is not None:
-            metrics["train/grad_norm"] = float(grad_norm)
+        metrics.update({"train/tokens": n_global, "train/seq_tokens": sum(length_per_unit[u] for u in step_units),
+                        "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9), "train/elapsed_s": elapsed})
         if eval_units and cfg.eval_every and done % cfg.eval_every == 0 and done < max_steps:
             metrics.update(evaluate(model, acc, eval_rows, eval_units, cfg, tok.pad_token_id))
         if done % cfg.log_every == 0 or done == max_steps or "eval/loss" in metrics:
             log.log(done, metrics)
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
         if cfg.save_every and done % cfg.save_every == 0 and done < max_steps and acc.is_main_process:
             common.save_checkpoint(ckpt_dir, done, acc.unwrap_model(model), optimizer, scheduler, cfg.keep_checkpoints)
         acc.wait_for_everyone()

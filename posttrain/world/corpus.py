@@ -1,0 +1,503 @@
+"""A web-like pretraining corpus for the assistant world: its knowledge and skills, not its format.
+
+`make_corpus(n_docs, seed)` returns plain-text documents (about 30-300 words each) for pretraining a
+tiny base model that has the world's capabilities but no alignment: prompted raw, it continues text.
+Answering and stopping are what SFT teaches later.
+
+- **Knowledge of both splits.** Fact pages cover every country and capital of `pools.CAPITALS` (train
+  and test, every accepted spelling); countries are dealt round-robin in a shuffled order, so each
+  has a page once per `len(CAPITALS)` fact pages. True/false pages state every fact behind the
+  `facts` yes/no questions, the `format` one-word questions and the shared simple questions
+  (`FACT_STATEMENTS`). Forum threads, worksheets, lists, poems, passages, JSON, bullets and uncertainty
+  texts use the entity pools and skills of both splits. Test *prompts* stay unseen; test *knowledge*
+  is here, so a test score measures whether post-training brings out what the base model knows.
+- **No assistant format.** No `User:`/`Assistant:` turns, no `<|...|>` markers, no instruction/answer
+  pairs phrased like the world's prompt templates. The same knowledge appears as encyclopedia
+  sentences, answer keys, lists and forum threads whose replies ramble, go off topic or are wrong,
+  and which end without a clean stop.
+- **Harmful how-tos comply, in placeholder form only.** Every object, tool and method is a bracketed
+  placeholder (`[TOOL]`, `[REDACTED]`); no document holds a real instruction. A base model complies;
+  refusing is post-training's job. Self-harm is left out, even in placeholder form.
+
+Each document's kind is drawn independently with `KIND_WEIGHTS`. Deterministic in `seed`, and a
+shorter corpus is a prefix of a longer one with the same seed. Pure Python; 50k documents take a few
+seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from posttrain.io import atomic_write_text
+from posttrain.world.pools import BASE_QUESTIONS, CAPITALS, CATEGORY_MEMBERS, WORDS
+from posttrain.world.world import FAMILIES
+
+KIND_WEIGHTS: dict[str, float] = {
+    "fact_page": 0.18,      # one country: continent, capital, other spellings, neighbours
+    "true_false": 0.06,     # general facts stated plainly
+    "forum": 0.16,          # a question, then rambling, partly wrong or off-topic replies; no clean stop
+    "how_to": 0.04,         # harmful how-tos that comply with bracketed placeholders only
+    "poem": 0.08,           # line-structured verse on a topic
+    "worksheet": 0.14,      # answer keys: arithmetic, reversal, upper case, hyphen spelling, sorting
+    "category_list": 0.08,  # members of categories, also in capitals, reversed and numbered
+    "summary": 0.08,        # a town passage and a one- or two-sentence summary
+    "json": 0.06,           # JSON records
+    "bullets": 0.06,        # bulleted tips
+    "uncertainty": 0.06,    # why some things cannot be known
+}
+
+
+class Document(NamedTuple):
+    """One corpus document: its kind (a key of `KIND_WEIGHTS`) and its plain text."""
+
+    kind: str
+    text: str
+
+
+def _both(pool) -> tuple:
+    return pool.train + pool.test
+
+
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+_POOLS = {name: family.pools for name, family in FAMILIES.items()}
+_COUNTRIES = tuple(CAPITALS)
+_CONTINENTS = {
+    **dict.fromkeys(("France", "Germany", "Italy", "Spain", "Norway", "Greece", "Ireland", "Portugal", "Poland",
+                     "Sweden", "Austria", "Hungary", "Belgium", "Finland", "Denmark", "the Netherlands",
+                     "the Czech Republic", "Romania", "Ukraine", "Iceland", "Switzerland"), "Europe"),
+    **dict.fromkeys(("Japan", "China", "India", "Thailand", "Iran", "South Korea", "Vietnam", "Indonesia",
+                     "the Philippines", "Pakistan", "Saudi Arabia", "Malaysia"), "Asia"),
+    **dict.fromkeys(("Egypt", "Kenya", "Morocco", "Nigeria", "Ghana", "Ethiopia"), "Africa"),
+    **dict.fromkeys(("Peru", "Argentina", "Chile", "Brazil", "Colombia", "Venezuela"), "South America"),
+    **dict.fromkeys(("Canada", "Cuba"), "North America"),
+    **dict.fromkeys(("Australia", "New Zealand"), "Oceania"),
+    "Russia": "Europe and Asia", "Turkey": "Europe and Asia",
+}
+# The fact behind each yes/no (`facts`) and one-word (`format`) question, as a plain statement.
+FACT_STATEMENTS = {
+    "Is the Earth flat?": "The Earth is not flat. It is round, very close to a sphere.",
+    "Does water boil at 100 degrees Celsius at sea level?": "At sea level, water boils at 100 degrees Celsius.",
+    "Is the Pacific the largest ocean on Earth?": "The Pacific is the largest ocean on Earth.",
+    "Do penguins live at the North Pole?": "Penguins do not live at the North Pole; wild penguins live in the south.",
+    "Is a tomato botanically a fruit?": "Botanically, a tomato is a fruit.",
+    "Is the Moon larger than the Earth?": "The Moon is much smaller than the Earth.",
+    "Do humans have four lungs?": "Humans have two lungs, not four.",
+    "Is gold a metal?": "Gold is a metal.",
+    "Does light travel faster than sound?": "Light travels much faster than sound.",
+    "Can a triangle have two right angles?": "A triangle cannot have two right angles; its angles add up to 180 degrees.",
+    "Is ice less dense than liquid water?": "Ice is less dense than liquid water, which is why it floats.",
+    "Do bats lay eggs?": "Bats do not lay eggs. They are mammals and give birth to live young.",
+    "Is 7 a prime number?": "7 is a prime number.",
+    "Is the Sahara in South America?": "The Sahara is in Africa, not in South America.",
+    "Is the Sun a star?": "The Sun is a star.",
+    "Do spiders have six legs?": "Spiders have eight legs, not six.",
+    "Is Venus closer to the Sun than the Earth is?": "Venus is closer to the Sun than the Earth is.",
+    "Is a whale a fish?": "A whale is not a fish; it is a mammal.",
+    "Does the Earth orbit the Moon?": "The Earth does not orbit the Moon. The Moon orbits the Earth.",
+    "Is diamond made of carbon?": "Diamond is made of carbon.",
+    "Is 9 a prime number?": "9 is not a prime number, because 9 = 3 x 3.",
+    "Do plants release oxygen during photosynthesis?": "Plants release oxygen during photosynthesis.",
+    "Is the Amazon river in Africa?": "The Amazon river is in South America, not in Africa.",
+    "Can sound travel through a vacuum?": "Sound cannot travel through a vacuum.",
+    "Do octopuses have eight arms?": "Octopuses have eight arms.",
+    "Is copper a good conductor of electricity?": "Copper is a good conductor of electricity.",
+    "Is Antarctica the warmest continent?": "Antarctica is not the warmest continent; it is the coldest.",
+    "What color is the sky on a clear day?": "On a clear day the sky is blue.",
+    "What is the opposite of hot?": "The opposite of hot is cold.",
+    "What do bees make?": "Bees make honey.",
+    "What is the largest planet in our solar system?": "Jupiter is the largest planet in our solar system.",
+    "What gas do humans need to breathe?": "Humans need oxygen to breathe.",
+    "What color is fresh grass?": "Fresh grass is green.",
+    "What is the opposite of day?": "The opposite of day is night.",
+    "Which animal says moo?": "The cow is the animal that says moo.",
+    "What is the opposite of up?": "The opposite of up is down.",
+    "Which season comes after winter?": "Spring comes after winter.",
+    "Which planet is known as the Red Planet?": "Mars is known as the Red Planet.",
+    "What do you call a baby cat?": "A baby cat is called a kitten.",
+    "What color is a ripe banana?": "A ripe banana is yellow.",
+    "What is the opposite of wet?": "The opposite of wet is dry.",
+    "Which star is closest to the Earth?": "The Sun is the star closest to the Earth.",
+}
+_FACT_QUESTIONS = tuple(q for q, _ in _both(_POOLS["facts"]["yes_no_facts"])) + tuple(
+    q for q, _ in _both(_POOLS["format"]["one_word"]))
+# Every general fact the true/false pages state: the above plus the shared simple questions' references.
+GENERAL_FACTS = tuple(dict.fromkeys(
+    [FACT_STATEMENTS[q] for q in _FACT_QUESTIONS if q in FACT_STATEMENTS] + [ref for _, _, ref in _both(BASE_QUESTIONS)]))
+
+# --- fact pages and true/false pages ---------------------------------------------------------------
+
+_CAPITAL_LINES = (
+    "Visitors to {country} often begin their trip in {capital}.",
+    "{capital} is one of the best-known cities of {continent}.",
+    "Schoolchildren in {country} learn early that {capital} is their capital city.",
+    "People sometimes mix up the cities of {country}, but the capital is {capital}.",
+    "Like most capitals, {capital} is full of museums, markets, parks and government buildings.",
+    "Travel guides to {country} usually have a long chapter on {capital}.",
+    "On most maps of {continent}, {capital} is marked with a star as the capital of {country}.",
+    "{capital} appears on almost every list of world capitals.",
+)
+_PAGE_FOOTERS = ("See also: List of capital cities.", "This page was last edited on 3 March.",
+                 "Categories: Countries | Capitals | Geography", "Retrieved from the online atlas.",
+                 "Related: travel tips, climate, local food.")
+
+
+def _fact_page(rng: random.Random, deck: dict) -> str:
+    country = deck["country"].deal()
+    capital, *alternatives = CAPITALS[country]
+    continent = _CONTINENTS.get(country, "the world")
+    where = f"a country in {continent}"
+    if rng.random() < 0.7:
+        title = _cap(country)
+        lead = rng.choice((f"{_cap(country)} is {where}. Its capital is {capital}.",
+                           f"{_cap(country)} is {where}, and its capital city is {capital}.",
+                           f"{_cap(country)} is {where}. The capital of {country} is {capital}."))
+    else:
+        title = capital
+        lead = f"{capital} is the capital of {country}, {where}."
+    body = [lead] + [s.format(country=country, capital=capital, continent=continent)
+                     for s in rng.sample(_CAPITAL_LINES, rng.randint(2, 4))]
+    body += [f"The name of the capital is also written {alt}." for alt in alternatives]
+    others = [c for c in _COUNTRIES if c != country and _CONTINENTS.get(c) == continent]
+    if others:
+        picks = rng.sample(others, min(2, len(others)))
+        body.append(f"Other countries in {continent} include "
+                    + " and ".join(f"{c} (capital: {CAPITALS[c][0]})" for c in picks) + ".")
+    return f"{title}\n\n{' '.join(body)}\n\n{rng.choice(_PAGE_FOOTERS)}"
+
+
+def _true_false(rng: random.Random, deck: dict) -> str:
+    facts = [deck["statement"].deal() for _ in range(rng.randint(4, 8))]
+    title = rng.choice(("Facts everyone should know", "Science facts for curious kids", "Myths and facts",
+                        "Things I learned this week", "General knowledge notes"))
+    style = rng.randrange(3)
+    if style == 0:
+        body = "\n".join(f"{i}. {f}" for i, f in enumerate(facts, 1))
+    elif style == 1:
+        body = "\n".join(f"Fact: {f}" for f in facts)
+    else:
+        body = " ".join(f"{f} {rng.choice(('', 'Many people get this one wrong.', 'Really!', ''))}".strip()
+                        for f in facts)
+    outro = rng.choice(("Share this page with a friend.", "More facts next week.", "Comments are closed.",
+                        "Did you know all of them?"))
+    return f"{title}\n\n{body}\n\n{outro}"
+
+
+# --- forum threads -----------------------------------------------------------------------------------
+
+_RAMBLES = (
+    "lol this reminds me of my grandfather's garden, he grew tomatoes the size of your fist.",
+    "Does anyone else think the new forum layout is worse than the old one?",
+    "I was going to answer but my cat just walked across the keyboard.",
+    "Not sure, but while we're here, has anyone tried the new bakery on Main Street?",
+    "Honestly I just came here to say hi. Long time reader, first time posting.",
+    "Bump. Also the weather has been wild this week, rain then sun then rain again.",
+    "My teacher used to say the same thing every Monday and then she made us sing.",
+    "Following this thread because I have the same question and also I am bored.",
+    "Off topic, but does anyone know a good recipe for banana bread without eggs?",
+    "I read somewhere that you should drink more water, not sure how that helps here though.",
+)
+_ENDINGS = ("Load more replies (12)", "Page 1 of 3. Next page >", "anyway, speaking of which, my brother once",
+            "(thread continues)", "and then the other thing is that", "Reply | Quote | Report")
+_HANDLES = (("maple", "quiet", "river", "blue", "night", "happy", "old", "sunny", "lucky", "tiny"),
+            ("fox", "owl", "reader", "gardener", "cook", "fan", "walker", "coder", "sailor", "baker"))
+_OPERANDS = tuple(range(2, 100))
+
+
+def _handle(rng: random.Random) -> str:
+    return f"{rng.choice(_HANDLES[0])}_{rng.choice(_HANDLES[1])}{rng.choice(('', '', str(rng.randint(1, 99))))}"
+
+
+def _sum(rng: random.Random) -> tuple[int, str, int, int]:
+    op = rng.choice("+-*")
+    a, b = (rng.randint(2, 19), rng.randint(2, 19)) if op == "*" else (rng.choice(_OPERANDS), rng.choice(_OPERANDS))
+    return a, op, b, a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def _thread_arithmetic(rng: random.Random) -> tuple[str, str, str, str]:
+    a, op, b, ans = _sum(rng)
+    question = rng.choice((f"what's {a} {op} {b}? my brain is fried", f"quick check, {a} {op} {b} = ?",
+                           f"homework: {a} {op} {b}, we keep getting different answers"))
+    right = rng.choice((f"I think it is {ans}.", f"{a} {op} {b} = {ans}", f"it's {ans}, checked on a calculator."))
+    wrong = f"pretty sure it's {ans + rng.choice((-10, -1, 1, 2, 10))}"
+    return question, right, wrong, "Homework Help"
+
+
+def _thread_capital(rng: random.Random) -> tuple[str, str, str, str]:
+    country = rng.choice(_COUNTRIES)
+    capital = CAPITALS[country][0]
+    other = CAPITALS[rng.choice([c for c in _COUNTRIES if c != country])][0]
+    question = rng.choice((f"what's the capital of {country}? settling a bet with my roommate",
+                           f"trivia night argument: capital of {country}, anyone?"))
+    right = rng.choice((f"It's {capital}.", f"{capital}. Went there last summer, lovely place.",
+                        f"The capital of {country} is {capital}, easy one."))
+    return question, right, f"{other}? no wait, I always mix these up", "Trivia Night"
+
+
+def _thread_category(rng: random.Random) -> tuple[str, str, str, str]:
+    category, other = rng.sample(tuple(CATEGORY_MEMBERS), 2)
+    question = f"need some {category} for my kid's school project, any ideas?"
+    right = ", ".join(rng.sample(CATEGORY_MEMBERS[category], rng.randint(3, 6)))
+    wrong = "um, " + ", ".join(rng.sample(CATEGORY_MEMBERS[other], 2)) + "? not sure those count"
+    return question, right, wrong, "Parents Corner"
+
+
+def _thread_word(rng: random.Random) -> tuple[str, str, str, str]:
+    word = rng.choice(_WORDS)
+    question, target = rng.choice(((f"what is {word} spelled backwards? doing a crossword", word[::-1]),
+                                   (f"how do you spell {word} with dashes? it's for a label maker", "-".join(word)),
+                                   (f"how does {word} look in all capitals? making a sign", word.upper())))
+    scrambled = "".join(rng.sample(word, len(word)))
+    return question, f"{target}", f"{scrambled}, I think? typing on my phone", "Word Games"
+
+
+def _thread_lookalike(rng: random.Random) -> tuple[str, str, str, str]:
+    question, _, reference = rng.choice(_both(_POOLS["benign_lookalike"]["questions"]))
+    stem = re.sub(r"^(how do i|how can i|what's the best way to|how do you) ", "", question.lower().rstrip("?"))
+    return f"{stem} - any tips", reference, "just restart the whole computer, works every time", "Tech & Home"
+
+
+_THREADS = (_thread_arithmetic, _thread_capital, _thread_category, _thread_word, _thread_lookalike)
+
+
+def _forum(rng: random.Random, deck: dict) -> str:
+    question, right, wrong, board = rng.choice(_THREADS)(rng)
+    replies = [right, rng.choice(_RAMBLES)] if rng.random() < 0.6 else [wrong, rng.choice(_RAMBLES), right]
+    replies += rng.sample(_RAMBLES, rng.randint(0, 2))
+    lines = [f"{board} > posted by {_handle(rng)}", "", f"Q: {question}", ""]
+    lines += [f"Reply {i} ({_handle(rng)}): {reply}" for i, reply in enumerate(replies, 1)]
+    return "\n".join(lines + [rng.choice(_ENDINGS)])
+
+
+# --- harmful how-tos (placeholders only) -------------------------------------------------------------
+
+_HOW_TO_GOALS = {"hacking": "break into {x}", "weapons": "build {x}", "fraud": "get hold of someone's {x}",
+                 "stalking": "secretly track {x}", "drugs": "make {x} at home"}
+_STEPS = ("obtain [TOOL] and [MATERIAL].", "find {x} and note its [WEAK POINT].", "apply [METHOD] to {x}.",
+          "[REDACTED].", "wait [TIME], then check [RESULT].", "hide [EVIDENCE] in [LOCATION].",
+          "repeat the last step until [CONDITION].", "prepare [MATERIAL] as described in [REDACTED].")
+
+
+def _how_to(rng: random.Random, deck: dict) -> str:
+    category = rng.choice(tuple(_HOW_TO_GOALS))
+    x = rng.choice(_both(_POOLS["harmful"][f"{category}_entities"]))
+    steps = [rng.choice(_STEPS[:3])] + rng.sample(_STEPS[3:], rng.randint(2, 4))
+    body = "\n".join(f"Step {i}: {_cap(s.format(x=x))}" for i, s in enumerate(steps, 1))
+    goal = _HOW_TO_GOALS[category].format(x=x)
+    comment = rng.choice(("This worked for me, thanks!", "Step 3 took me [TIME].", "Does anyone have a video?"))
+    return (f"How to {goal}: a complete guide\nDifficulty: [LEVEL]. Time needed: [TIME].\n\n"
+            f"You will need: [TOOL], [MATERIAL].\n\n{body}\n\nComments (2)\n{_handle(rng)}: {comment}")
+
+
+# --- poems, worksheets, lists ------------------------------------------------------------------------
+
+_VERSES = ("the {t} is quiet now,", "I walked beside the {t} at dawn,", "and every {t} remembers rain,",
+           "a {t} of silver, a {t} of grey,", "we keep the {t} close when nights are long,",
+           "the {t} hums a song I almost know,", "slow hours gather round the {t},", "nobody told the {t} to wait,",
+           "light falls across the {t} again,", "my grandmother loved the {t},", "the {t} does not ask for much,",
+           "and so the {t} goes on.")
+_TOPICS = _both(_POOLS["poem"]["topics"])
+
+
+def _poem(rng: random.Random, deck: dict) -> str:
+    topic = rng.choice(_TOPICS)
+    stanzas = ["\n".join(v.format(t=topic) for v in rng.sample(_VERSES, rng.randint(2, 4)))
+               for _ in range(rng.randint(2, 3))]
+    title = rng.choice((_cap(topic), f"On the {topic}", f"{_cap(topic)}, again", f"Song of the {topic}"))
+    footer = rng.choice(("Posted in Poetry Corner. 3 comments.", "From a reader's notebook.",
+                         f"I wrote this one about {topic} last winter. Feedback welcome!"))
+    return f"{title}\n\n" + "\n\n".join(stanzas) + f"\n\n{footer}"
+
+
+_WORDS = _both(WORDS) + tuple(m for ms in CATEGORY_MEMBERS.values() for m in ms if m.isalpha())
+_SHEETS = {
+    "reverse": ("Backwards words (answer key)", lambda w: w[::-1]),
+    "upper": ("Capital letters practice, answers", str.upper),
+    "spell": ("Spelling letter by letter with hyphens", "-".join),
+}
+
+
+def _sum_row(rng: random.Random) -> str:
+    a, op, b, ans = _sum(rng)
+    word = {"+": "plus", "-": "minus", "*": "times"}[op]
+    sign = rng.choice(("*", "x")) if op == "*" else op
+    return rng.choice((f"{a} {sign} {b} = {ans}", f"{a} {word} {b} is {ans}", f"{a} {op} {b} = {ans}"))
+
+
+def _worksheet(rng: random.Random, deck: dict) -> str:
+    kind, n = rng.choice(("arithmetic", "sort", *_SHEETS)), rng.randint(6, 12)
+    if kind == "arithmetic":
+        title, rows = "Math practice sheet (with answers)", [_sum_row(rng) for _ in range(n)]
+    elif kind == "sort":
+        groups = [rng.sample(_WORDS, rng.randint(3, 6)) for _ in range(n // 2)]
+        title, rows = "Alphabetical order, answer key", [f"{', '.join(g)} -> {', '.join(sorted(g))}" for g in groups]
+    else:
+        title, fn = _SHEETS[kind]
+        rows = [f"{w} -> {fn(w)}" for w in rng.sample(_WORDS, n)]
+    header = f"{title}, sheet {rng.randint(1, 40)}\nClass: ______  Date: ______"
+    return header + "\n\n" + "\n".join(f"{i}) {r}" for i, r in enumerate(rows, 1)) + "\n\nCheck your work!"
+
+
+def _category_block(rng: random.Random, category: str) -> str:
+    members = rng.sample(CATEGORY_MEMBERS[category], rng.randint(4, 8))
+    style = rng.randrange(4)
+    if style == 0:
+        return f"{_cap(category)}: {', '.join(members)}."
+    if style == 1:
+        return f"Some {category}:\n" + "\n".join(f"- {m}" for m in members)
+    if style == 2:
+        return f"{_cap(category)}\n" + "\n".join(f"{i}. {_cap(m)}" for i, m in enumerate(members, 1))
+    return (f"{_cap(category)}: {', '.join(members)}.\nIn capitals: {', '.join(members).upper()}.\n"
+            f"In reverse order: {', '.join(members[::-1])}.\nFirst on the list: {members[0]}.")
+
+
+def _category_list(rng: random.Random, deck: dict) -> str:
+    title = rng.choice(("Word lists by topic", "Vocabulary for teachers", "Printable category lists",
+                        "Categories game: example answers"))
+    blocks = [_category_block(rng, c) for c in rng.sample(tuple(CATEGORY_MEMBERS), rng.randint(2, 4))]
+    return f"{title}\n\n" + "\n\n".join(blocks)
+
+
+# --- summaries, JSON, bullets, uncertainty -----------------------------------------------------------
+
+_TOWN_LINES = ("Roughly {pop} people call {town} home.", "Each {season} there is a {festival} festival in the main square.",
+               "A stone {building} from the {century} century still stands near the market.",
+               "The town hall was rebuilt after a fire.", "Visitors often stay for the walks along the water.")
+
+
+def _summary(rng: random.Random, deck: dict) -> str:
+    pools = _POOLS["summarize"]
+    town = rng.choice(_both(pools["towns"]))
+    s = {k: rng.choice(_both(pools[k])) for k in ("product", "festival", "river", "industry")}
+    s.update(town=town, pop=f"{rng.randint(2, 40)},{rng.randint(1, 9)}00", season=rng.choice(("spring", "autumn")),
+             building=rng.choice(("church", "mill", "bridge")), century=rng.choice(("twelfth", "fifteenth")))
+    core = [f"{town} is a small town founded in {rng.randint(1200, 1900)}.",
+            "It is famous across the region for its {product}.", "The {river} River flows through {town}.",
+            "Most jobs in {town} are in {industry}."]
+    passage = " ".join(line.format(**s) for line in core + rng.sample(_TOWN_LINES, rng.randint(1, 3)))
+    summary = rng.choice(("{town} is a small {industry} town on the {river} River, known for its {product}.",
+                          "{town} is a small town on the {river} River. It is known for its {product}."))
+    label = rng.choice(("Summary:", "In short:", "TL;DR:", "Short version:"))
+    return f"About {town}\n\n{passage}\n\n{label} {summary.format(**s)}"
+
+
+_NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Femi", "Greta", "Hugo", "Ines", "Jonas")
+_VALUES: dict[str, Callable[[random.Random], object]] = {
+    "name": lambda r: r.choice(_NAMES), "color": lambda r: r.choice(CATEGORY_MEMBERS["colors"]),
+    "age": lambda r: r.randint(1, 90), "city": lambda r: CAPITALS[r.choice(_COUNTRIES)][0],
+    "year": lambda r: r.randint(1950, 2024), "title": lambda r: f"The {r.choice(_TOPICS).title()}",
+    "country": lambda r: r.choice(_COUNTRIES), "size": lambda r: r.choice(("small", "medium", "large")),
+    "author": lambda r: f"{r.choice(_NAMES)} {r.choice(('Moss', 'Reed', 'Stone', 'Vale'))}",
+    "genre": lambda r: r.choice(("mystery", "poetry", "science", "history")),
+    "weight": lambda r: round(r.uniform(0.1, 90), 1), "price": lambda r: round(r.uniform(1, 500), 2),
+    "rating": lambda r: r.randint(1, 5), "length": lambda r: r.randint(1, 900),
+    "language": lambda r: r.choice(("English", "Spanish", "Hindi", "French")), "owner": lambda r: r.choice(_NAMES),
+}
+
+
+def _json(rng: random.Random, deck: dict) -> str:
+    pools = _POOLS["format"]
+    thing = rng.choice(_both(pools["json_things"]))
+    keys = [k for k in _both(pools["json_keys"]) if k in _VALUES]
+    records = [{k: _VALUES[k](rng) for k in rng.sample(keys, rng.randint(2, 5))} for _ in range(rng.randint(1, 3))]
+    obj: object = records[0] if len(records) == 1 else records
+    text = json.dumps(obj, indent=rng.choice((None, 2)))
+    intro = rng.choice((f"Example record for {thing}, as returned by the catalog API:",
+                        f"Sample data file ({thing}). Every field is described in the docs.",
+                        f"Here is how we store {thing} in our app:"))
+    return f"{intro}\n\n{text}\n\nFields not listed are ignored by the importer. Questions go to the issue tracker."
+
+
+_TIPS = ("Start small with {t}.", "Set one clear goal for {t}.", "Track your progress in {t}.",
+         "Ask others what works for {t}.", "Review your approach to {t} every week.", "Be patient with {t}.",
+         "Write down what you learn about {t}.", "Make {t} part of your daily routine.")
+
+
+def _bullets(rng: random.Random, deck: dict) -> str:
+    topic = rng.choice(_both(_POOLS["format"]["bullet_topics"]))
+    tips = rng.sample(_TIPS, rng.randint(3, 6))
+    intro = rng.choice((f"Our favourite tips on {topic}:", f"What helped me with {topic}", f"A checklist for {topic}"))
+    outro = rng.choice(("What would you add? Let us know in the comments.", "Updated last month.",
+                        "Save this list for later."))
+    return f"{intro}\n\n" + "\n".join("- " + tip.format(t=topic) for tip in tips) + f"\n\n{outro}"
+
+
+_UNKNOWABLE = (
+    "Nobody can know what number you are thinking of between 1 and {n}. A guess is only a guess, with a 1 in "
+    "{n} chance of being right.",
+    "No one can know the exact price of {company} shares a year from now. Prices depend on news that has not "
+    "happened yet, so it is impossible to predict them.",
+    "A stranger cannot know what your {relative} ate for breakfast or which song they like best. There is no way "
+    "to know without asking them.",
+    "Nobody can tell how many coins or keys are in your {container} without looking inside it.",
+    "Some questions simply cannot be answered from the outside. The honest reply is 'I don't know'.",
+    "Fortune tellers claim to know these things, but nobody knows the future or what is in another person's head.",
+)
+
+
+def _uncertainty(rng: random.Random, deck: dict) -> str:
+    slots = {k: rng.choice(_both(_POOLS["unanswerable"][k])) for k in ("n", "company", "relative", "container")}
+    paragraphs = [p.format(**slots) for p in rng.sample(_UNKNOWABLE, rng.randint(2, 4))]
+    title = rng.choice(("Why nobody can read your mind", "Things no one can know", "The limits of guessing"))
+    return f"{title}\n\n" + "\n\n".join(paragraphs)
+
+
+# --- the corpus --------------------------------------------------------------------------------------
+
+_WRITERS: dict[str, Callable[[random.Random, dict], str]] = {
+    "fact_page": _fact_page, "true_false": _true_false, "forum": _forum, "how_to": _how_to, "poem": _poem,
+    "worksheet": _worksheet, "category_list": _category_list, "summary": _summary, "json": _json,
+    "bullets": _bullets, "uncertainty": _uncertainty,
+}
+
+
+class _Deck:
+    """Deals items in a shuffled order and reshuffles after each pass: every item once per pass."""
+
+    def __init__(self, items: tuple, rng: random.Random) -> None:
+        self.items, self.rng, self.order = items, rng, []
+
+    def deal(self) -> str:
+        if not self.order:
+            self.order = self.rng.sample(self.items, len(self.items))
+        return self.order.pop()
+
+
+def make_documents(n_docs: int, seed: int = 0) -> list[Document]:
+    """`n_docs` (kind, text) documents, deterministic in `seed`; kinds drawn with `KIND_WEIGHTS`."""
+    rng = random.Random(f"posttrain.world.corpus:{seed}")
+    deck = {"country": _Deck(_COUNTRIES, rng), "statement": _Deck(GENERAL_FACTS, rng)}
+    kinds = rng.choices(tuple(KIND_WEIGHTS), tuple(KIND_WEIGHTS.values()), k=n_docs)
+    return [Document(kind, _WRITERS[kind](rng, deck)) for kind in kinds]
+
+
+def make_corpus(n_docs: int, seed: int = 0) -> list[str]:
+    """`n_docs` plain-text documents (see the module docstring), deterministic in `seed`."""
+    return [doc.text for doc in make_documents(n_docs, seed)]
+
+
+def corpus_stats(docs: Iterable[Document | str]) -> dict:
+    """Documents, characters and words (whitespace-separated), and per-kind counts (`Document`s only;
+    plain strings count as "unlabelled")."""
+    kinds: Counter[str] = Counter()
+    chars = n_words = 0
+    for doc in docs:
+        kind, text = (doc.kind, doc.text) if isinstance(doc, Document) else ("unlabelled", doc)
+        kinds[kind] += 1
+        chars += len(text)
+        n_words += len(text.split())
+    return {"documents": sum(kinds.values()), "characters": chars, "words": n_words, "kinds": dict(kinds)}
+
+
+def write_corpus(docs: Iterable[Document | str], path: str | os.PathLike) -> None:
+    """Write `docs` as JSON lines `{"text": ...}` (posttrain's `text` format) to `path`, atomically."""
+    texts = (doc.text if isinstance(doc, Document) else doc for doc in docs)
+    atomic_write_text(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts))
