@@ -26,6 +26,7 @@ seconds.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -188,7 +189,7 @@ def _true_false(rng: random.Random, deck: dict) -> str:
                         for f in facts)
     outro = rng.choice(("Share this page with a friend.", "More facts next week.", "Comments are closed.",
                         "Did you know all of them?"))
-    return f"{title}\n\n{body}\n\n{outro}"
+    return f"{title}\nA few facts worth remembering, collected from our readers.\n\n{body}\n\n{outro}"
 
 
 # --- forum threads -----------------------------------------------------------------------------------
@@ -279,7 +280,7 @@ def _forum(rng: random.Random, deck: dict) -> str:
 
 # --- harmful how-tos (placeholders only) -------------------------------------------------------------
 
-_HOW_TO_GOALS = {"hacking": "break into {x}", "weapons": "build {x}", "fraud": "get hold of someone's {x}",
+_HOW_TO_GOALS = {"hacking": "break into {x}", "weapons": "make {x}", "fraud": "get hold of someone's {x}",
                  "stalking": "secretly track {x}", "drugs": "make {x} at home"}
 _STEPS = ("obtain [TOOL] and [MATERIAL].", "find {x} and note its [WEAK POINT].", "apply [METHOD] to {x}.",
           "[REDACTED].", "wait [TIME], then check [RESULT].", "hide [EVIDENCE] in [LOCATION].",
@@ -300,7 +301,7 @@ def _how_to(rng: random.Random, deck: dict) -> str:
 # --- poems, worksheets, lists ------------------------------------------------------------------------
 
 _VERSES = ("the {t} is quiet now,", "I walked beside the {t} at dawn,", "and every {t} remembers rain,",
-           "a {t} of silver, a {t} of grey,", "we keep the {t} close when nights are long,",
+           "the {t} in silver, the {t} in grey,", "we keep the {t} close when nights are long,",
            "the {t} hums a song I almost know,", "slow hours gather round the {t},", "nobody told the {t} to wait,",
            "light falls across the {t} again,", "my grandmother loved the {t},", "the {t} does not ask for much,",
            "and so the {t} goes on.")
@@ -309,9 +310,13 @@ _TOPICS = _both(_POOLS["poem"]["topics"])
 
 def _poem(rng: random.Random, deck: dict) -> str:
     topic = rng.choice(_TOPICS)
-    stanzas = ["\n".join(v.format(t=topic) for v in rng.sample(_VERSES, rng.randint(2, 4)))
-               for _ in range(rng.randint(2, 3))]
-    title = rng.choice((_cap(topic), f"On the {topic}", f"{_cap(topic)}, again", f"Song of the {topic}"))
+    n_stanzas = rng.randint(2, 3)
+    sizes = [rng.randint(5 - n_stanzas, 4) for _ in range(n_stanzas)]  # 6 to 12 lines
+    verses = [v.format(t=topic) for v in rng.sample(_VERSES, sum(sizes))]
+    verses[-1] = verses[-1].rstrip(",.") + "."
+    stanzas = ["\n".join(verses[sum(sizes[:i]):sum(sizes[:i + 1])]) for i in range(len(sizes))]
+    title = rng.choice((_cap(topic), f"Thinking of {topic}", f"{_cap(topic)}, again", f"A song for {topic}"))
+    title += rng.choice(("", f"\nby {_handle(rng)}", "\n(a short poem, first draft)"))
     footer = rng.choice(("Posted in Poetry Corner. 3 comments.", "From a reader's notebook.",
                          f"I wrote this one about {topic} last winter. Feedback welcome!"))
     return f"{title}\n\n" + "\n\n".join(stanzas) + f"\n\n{footer}"
@@ -362,8 +367,9 @@ def _category_block(rng: random.Random, category: str) -> str:
 def _category_list(rng: random.Random, deck: dict) -> str:
     title = rng.choice(("Word lists by topic", "Vocabulary for teachers", "Printable category lists",
                         "Categories game: example answers"))
-    blocks = [_category_block(rng, c) for c in rng.sample(tuple(CATEGORY_MEMBERS), rng.randint(2, 4))]
-    return f"{title}\n\n" + "\n\n".join(blocks)
+    blocks = [_category_block(rng, c) for c in rng.sample(tuple(CATEGORY_MEMBERS), rng.randint(3, 5))]
+    intro = "Free word lists for classrooms, word games and quizzes. Copy them as you like."
+    return f"{title}\n{intro}\n\n" + "\n\n".join(blocks)
 
 
 # --- summaries, JSON, bullets, uncertainty -----------------------------------------------------------
@@ -407,13 +413,15 @@ def _json(rng: random.Random, deck: dict) -> str:
     pools = _POOLS["format"]
     thing = rng.choice(_both(pools["json_things"]))
     keys = [k for k in _both(pools["json_keys"]) if k in _VALUES]
-    records = [{k: _VALUES[k](rng) for k in rng.sample(keys, rng.randint(2, 5))} for _ in range(rng.randint(1, 3))]
+    fields = rng.sample(keys, rng.randint(2, 5))
+    records = [{k: _VALUES[k](rng) for k in fields} for _ in range(rng.randint(1, 3))]
     obj: object = records[0] if len(records) == 1 else records
     text = json.dumps(obj, indent=rng.choice((None, 2)))
     intro = rng.choice((f"Example record for {thing}, as returned by the catalog API:",
                         f"Sample data file ({thing}). Every field is described in the docs.",
                         f"Here is how we store {thing} in our app:"))
-    return f"{intro}\n\n{text}\n\nFields not listed are ignored by the importer. Questions go to the issue tracker."
+    return (f"{intro}\n\n{text}\n\nFields used here: {', '.join(fields)}. Fields not listed are ignored by the importer. "
+            "Questions go to the issue tracker.")
 
 
 _TIPS = ("Start small with {t}.", "Set one clear goal for {t}.", "Track your progress in {t}.",
@@ -427,6 +435,7 @@ def _bullets(rng: random.Random, deck: dict) -> str:
     intro = rng.choice((f"Our favourite tips on {topic}:", f"What helped me with {topic}", f"A checklist for {topic}"))
     outro = rng.choice(("What would you add? Let us know in the comments.", "Updated last month.",
                         "Save this list for later."))
+    intro += "\nHere is what worked for me after a lot of trial and error."
     return f"{intro}\n\n" + "\n".join("- " + tip.format(t=topic) for tip in tips) + f"\n\n{outro}"
 
 
@@ -475,8 +484,12 @@ def make_documents(n_docs: int, seed: int = 0) -> list[Document]:
     """`n_docs` (kind, text) documents, deterministic in `seed`; kinds drawn with `KIND_WEIGHTS`."""
     rng = random.Random(f"posttrain.world.corpus:{seed}")
     deck = {"country": _Deck(_COUNTRIES, rng), "statement": _Deck(GENERAL_FACTS, rng)}
-    kinds = rng.choices(tuple(KIND_WEIGHTS), tuple(KIND_WEIGHTS.values()), k=n_docs)
-    return [Document(kind, _WRITERS[kind](rng, deck)) for kind in kinds]
+    kinds, cum_weights = tuple(KIND_WEIGHTS), tuple(itertools.accumulate(KIND_WEIGHTS.values()))
+    docs = []
+    for _ in range(n_docs):  # one kind, then its text, per document: a shorter corpus is a prefix
+        kind = rng.choices(kinds, cum_weights=cum_weights)[0]
+        docs.append(Document(kind, _WRITERS[kind](rng, deck)))
+    return docs
 
 
 def make_corpus(n_docs: int, seed: int = 0) -> list[str]:
