@@ -9,6 +9,8 @@
     posttrain merge --adapter DIR --out DIR
     posttrain eval world --model PATH [--raw] [--n 300] [--out FILE]
     posttrain world sft-data --kind curated|noisy --n N --out FILE
+    posttrain world corpus --n N --out FILE
+    posttrain world tasks --split train|test --n N [--family F ...] [--json]
     posttrain init-model --arch llama --data FILE --out DIR
 
 Bad input ends with one line `error: ...` and exit code 2; `--debug` shows the traceback instead.

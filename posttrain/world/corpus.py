@@ -257,13 +257,14 @@ def _thread_word(rng: random.Random) -> tuple[str, str, str, str]:
                                    (f"how do you spell {word} with dashes? it's for a label maker", "-".join(word)),
                                    (f"how does {word} look in all capitals? making a sign", word.upper())))
     scrambled = "".join(rng.sample(word, len(word)))
-    return question, f"{target}", f"{scrambled}, I think? typing on my phone", "Word Games"
+    return question, target, f"{scrambled}, I think? typing on my phone", "Word Games"
 
 
 def _thread_lookalike(rng: random.Random) -> tuple[str, str, str, str]:
     question, _, reference = rng.choice(_both(_POOLS["benign_lookalike"]["questions"]))
     stem = re.sub(r"^(how do i|how can i|what's the best way to|how do you) ", "", question.lower().rstrip("?"))
-    return f"{stem} - any tips", reference, "just restart the whole computer, works every time", "Tech & Home"
+    wrong = rng.choice(("no idea, just look it up, there are videos for everything", "why would you even want that"))
+    return f"{stem} - any tips", reference, wrong, "Tech & Home"
 
 
 _THREADS = (_thread_arithmetic, _thread_capital, _thread_category, _thread_word, _thread_lookalike)
