@@ -242,7 +242,7 @@ def main(cfg: SFTConfig) -> dict:
     model.train()
     bar = tqdm(total=max_steps, initial=start, disable=not acc.is_main_process, desc="sft", dynamic_ncols=True)
     metrics: dict = {}
-    seen_tokens, t0 = 0, time.perf_counter()
+    seen_tokens, t0, c0 = 0, time.perf_counter(), time.process_time()
     for step in range(start, max_steps):
         step_units = stream.step_units(step)
         n_global = sum(tokens_per_unit[u] for u in step_units)
@@ -264,7 +264,8 @@ def main(cfg: SFTConfig) -> dict:
         done = step + 1
         elapsed = time.perf_counter() - t0
         metrics.update({"train/tokens": n_global, "train/seq_tokens": sum(length_per_unit[u] for u in step_units),
-                        "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9), "train/elapsed_s": elapsed})
+                        "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9), "train/elapsed_s": elapsed,
+                        "train/cpu_s": time.process_time() - c0})
         if eval_units and cfg.eval_every and done % cfg.eval_every == 0 and done < max_steps:
             metrics.update(evaluate(model, acc, eval_rows, eval_units, cfg, tok.pad_token_id))
         if done % cfg.log_every == 0 or done == max_steps or "eval/loss" in metrics:
