@@ -10,15 +10,49 @@ import math
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 
+from posttrain.config import doc
 from posttrain.errors import TrainingDiverged
 from posttrain.io import atomic_dir
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc(2e-5, "peak learning rate (AdamW)")
+    weight_decay: float = doc(0.0, "AdamW weight decay")
+    beta1: float = doc(0.9, "AdamW beta1")
+    beta2: float = doc(0.999, "AdamW beta2")
+    eps: float = doc(1e-8, "AdamW epsilon")
+    warmup_steps: int = doc(0, "linear warmup steps")
+    schedule: Literal["cosine", "linear", "constant"] = doc("cosine", "decay after warmup")
+    min_lr_ratio: float = doc(0.0, "final learning rate as a fraction of the peak")
+    max_grad_norm: float = doc(1.0, "clip the global gradient norm (0: no clipping)")
+
+
+@dataclass
+class RunConfig:
+    """The fields every training recipe has; a recipe's config adds its own sections and fields."""
+
+    output_dir: str = doc("runs/run", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/")
+    seed: int = doc(0, "seed for initialisation, data order and dropout")
+    max_steps: int = doc(0, "optimizer steps (0: run `epochs` epochs)")
+    epochs: float = doc(1.0, "epochs over the training data when max_steps is 0")
+    batch_size: int = doc(16, "examples (or packed rows) per optimizer step, over all processes and accumulation")
+    micro_batch_size: int = doc(4, "examples (or packed rows) per forward pass on one process")
+    precision: Literal["fp32", "bf16"] = doc("fp32", "fp32, or bf16 autocast")
+    compile: bool = doc(False, "torch.compile the model: faster steps after a one-off compile (about a minute on CPU)")
+    log_every: int = doc(1, "log metrics every N steps")
+    save_every: int = doc(0, "checkpoint every N steps (0: no intermediate checkpoints)")
+    keep_checkpoints: int = doc(2, "how many checkpoints to keep")
+    resume: bool = doc(True, "continue from the newest checkpoint in output_dir when there is one")
+    threads: int = doc(0, "torch CPU threads (0: torch's default)")
 
 
 def seed_everything(seed: int) -> None:

@@ -31,7 +31,6 @@ from posttrain.io import atomic_write_text
 from posttrain.losses.sft import nll_sum, token_mean
 from posttrain.models.forward import response_logits
 from posttrain.recipes import common
-from posttrain.recipes.sft import OptimConfig
 
 
 @dataclass
@@ -53,23 +52,15 @@ class PretrainDataConfig:
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(common.RunConfig):
     model: PretrainModelConfig = section(PretrainModelConfig, "the new model and its tokenizer")
     data: PretrainDataConfig = section(PretrainDataConfig, "the corpus")
-    optim: OptimConfig = section(OptimConfig, "optimizer and schedule")
+    optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule")
     output_dir: str = doc("runs/pretrain", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/")
-    seed: int = doc(0, "seed for initialisation and data order")
-    max_steps: int = doc(0, "optimizer steps (0: run `epochs` epochs)")
-    epochs: float = doc(1.0, "epochs over the corpus when max_steps is 0")
     batch_size: int = doc(32, "packed rows per optimizer step, over all processes and accumulation")
     micro_batch_size: int = doc(8, "packed rows per forward pass on one process")
-    precision: Literal["fp32", "bf16"] = doc("fp32", "fp32, or bf16 autocast")
-    compile: bool = doc(False, "torch.compile the model (faster steps after a one-off compile)")
     log_every: int = doc(10, "log metrics every N steps")
     save_every: int = doc(200, "checkpoint every N steps (0: none)")
-    keep_checkpoints: int = doc(2, "how many checkpoints to keep")
-    resume: bool = doc(True, "continue from the newest checkpoint in output_dir when there is one")
-    threads: int = doc(0, "torch CPU threads (0: torch's default)")
 
 
 def read_texts(cfg: PretrainConfig) -> list[str]:
