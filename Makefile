@@ -30,7 +30,7 @@ bench:
 	test -x benchmarks/.venv/bin/python || $(PY) -m venv benchmarks/.venv
 	benchmarks/.venv/bin/pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
 	benchmarks/.venv/bin/pip install -q -r benchmarks/requirements.txt -e . 2>&1 | grep -v "is ignored" || true
-	benchmarks/.venv/bin/python benchmarks/sft_vs_trl.py
+	benchmarks/.venv/bin/python benchmarks/sft_vs_trl.py --out runs/bench/sft_vs_trl.json
 
 clean:
 	rm -rf $(VENV) runs
