@@ -89,3 +89,18 @@ def test_imports_stay_light():
             "print(heavy); sys.exit(1 if heavy else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_atomic_outputs_have_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from posttrain.io import atomic_dir, atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("y")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
