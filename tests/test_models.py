@@ -108,13 +108,7 @@ def posttrain_cmd() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "posttrain"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and leave the other core to the subprocess tests)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
