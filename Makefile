@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench base clean
 
 $(BIN)/posttrain: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -17,13 +17,20 @@ $(BIN)/posttrain: pyproject.toml
 	touch $@
 
 demo: $(BIN)/posttrain
-	$(BIN)/python examples/demo.py
+	$(BIN)/posttrain pipeline --config configs/pipeline.yaml
 
 test: $(BIN)/posttrain
 	$(BIN)/python -m pytest tests -p no:cacheprovider
 
 lint: $(BIN)/posttrain
 	$(BIN)/ruff check posttrain tests benchmarks examples
+
+# Rebuild the shipped base model from scratch (about an hour on 2 cores): corpus -> pretrain -> assets.
+base: $(BIN)/posttrain
+	$(BIN)/posttrain world corpus --n 60000 --seed 0 --out runs/base/corpus.jsonl
+	$(BIN)/posttrain pretrain --config configs/pretrain_base.yaml
+	rm -rf posttrain/assets/base && mkdir -p posttrain/assets && cp -r runs/base/pretrain/model posttrain/assets/base
+	printf '\nRebuild: `make base` in the posttrain repository (corpus: `posttrain world corpus --n 60000 --seed 0`).\n' >> posttrain/assets/base/README.md
 
 # The benchmark against TRL has its own environment (TRL is not a dependency of posttrain).
 bench:

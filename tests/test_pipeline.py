@@ -41,3 +41,42 @@ def test_pipeline_without_base_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "shipped_base", lambda: tmp_path / "none")
     with pytest.raises(UserError, match="set base=PATH"):
         pipeline.main(load_config(PipelineConfig, None, [f"output_dir={tmp_path / 'p'}"]))
+
+
+def test_pipeline_interrupted_mid_sft_resumes_there(model_dir, tmp_path, monkeypatch):
+    """Killed right after SFT's step-2 checkpoint, a rerun resumes SFT at step 2 and ends with the same
+    weights as an uninterrupted pipeline; the data stage is not redone."""
+    from posttrain.recipes import common
+
+    whole = tmp_path / "whole"
+    pipeline.main(small(model_dir, whole, "sft.max_steps=4", "sft.save_every=2"))
+
+    out = tmp_path / "cut"
+    save = common.save_checkpoint
+
+    def save_then_die(ckpt_dir, step, *args, **kwargs):
+        save(ckpt_dir, step, *args, **kwargs)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.main(small(model_dir, out, "sft.max_steps=4", "sft.save_every=2"))
+    assert not (out / "sft" / "model").exists() and (out / "sft" / "checkpoints" / "step-0000002").exists()
+    data_stamp = (out / "data" / "sft_curated.jsonl").stat().st_mtime_ns
+
+    monkeypatch.setattr(common, "save_checkpoint", save)
+    pipeline.main(small(model_dir, out, "sft.max_steps=4", "sft.save_every=2"))
+    assert (out / "data" / "sft_curated.jsonl").stat().st_mtime_ns == data_stamp
+    records = [json.loads(x) for x in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4]  # none lost, none repeated
+    assert ((out / "sft" / "model" / "model.safetensors").read_bytes()
+            == (whole / "sft" / "model" / "model.safetensors").read_bytes())
+
+
+def test_pipeline_compare_noisy_reports_both(model_dir, tmp_path):
+    out = tmp_path / "p"
+    summary = pipeline.main(small(model_dir, out, "compare_noisy=true", "sft.noisy_n=60"))
+    assert set(summary["stages"]) == {"base", "sft", "sft_noisy"}
+    noisy = [json.loads(x) for x in (out / "data" / "sft_noisy.jsonl").read_text().splitlines()]
+    assert len(noisy) == 60 and sum(r["world"]["flaw"] is not None for r in noisy) == 24
+    assert (out / "sft_noisy" / "model" / "config.json").exists()
+    assert "sft_noisy" in (out / "report.html").read_text()

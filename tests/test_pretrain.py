@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from posttrain.config import load_config
 from posttrain.errors import UserError
@@ -39,7 +40,7 @@ def test_short_run_learns_and_saves(tmp_path):
     cfg = load_config(PretrainConfig, None, [f"data={corpus(tmp_path)}", f"output_dir={out}", "max_steps=6",
                                              "batch_size=4", "micro_batch_size=2", "model.hidden=32", "model.layers=2",
                                              "model.vocab_size=300", "optim.lr=1e-2", "log_every=1",
-                                             "data.max_seq_len=64"])
+                                             "data.max_seq_len=64", "save_dtype=float16"])
     pretrain.main(cfg)
     losses = [json.loads(x)["train/loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 6 and losses[-1] < losses[0]
@@ -49,6 +50,14 @@ def test_short_run_learns_and_saves(tmp_path):
     assert model.config.use_cache is True
     card = (out / "model" / "README.md").read_text()
     assert "seed: 0" in card and "final training loss" in card and "max_steps: 6" in card
+
+    # Shipped in half precision (half the bytes); posttrain loads it back in float32 for training.
+    from safetensors import safe_open
+
+    from posttrain.models.load import load_model
+    with safe_open(str(out / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert {p.dtype for p in load_model(str(out / "model")).parameters()} == {torch.float32}
 
 
 def test_corpus_without_text_field_is_a_clear_error(tmp_path):

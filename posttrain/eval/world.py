@@ -82,6 +82,7 @@ def evaluate_world(
     max_new_tokens: int = 128,
     batch_size: int = 16,
     families: list[str] | None = None,
+    progress: str = "",
 ) -> dict:
     """Sample `n` tasks of `split`, answer them greedily, score them: `summarize`'s dict plus the settings
     (`split`, `seed`, `raw`, `max_new_tokens`). Unknown split or family: the world's `UserError`."""
@@ -90,7 +91,7 @@ def evaluate_world(
     tasks = sample_tasks(n, split=split, seed=seed, families=families)
     prompts: list = [raw_prompt(t) for t in tasks] if raw else [t.messages for t in tasks]
     outputs = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=0.0,
-                       batch_size=batch_size, seed=seed, raw=raw)
+                       batch_size=batch_size, seed=seed, raw=raw, progress=progress)
     scores = [score(t, o["text"], o["stopped"]) for t, o in zip(tasks, outputs)]
     shown = prompts if raw else None
     summary = summarize(tasks, outputs, scores, prompts=shown)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from posttrain.data.render import Renderer
@@ -30,8 +31,10 @@ def generate(
     batch_size: int = 8,
     seed: int = 0,
     raw: bool = False,
+    progress: str = "",
 ) -> list[dict]:
     """Complete each prompt. A prompt is a message list (chat template applied) or, with `raw`, plain text.
+    A non-empty `progress` shows a progress bar over the prompts with that label.
 
     Returns one dict per prompt: `text` (decoded response, stop token removed), `ids` (response token ids),
     `stopped` (whether it ended with a stop token rather than running out of tokens).
@@ -52,10 +55,13 @@ def generate(
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     results = []
+    bar = tqdm(total=len(encoded), desc=progress, disable=not progress, dynamic_ncols=True)
     with torch.random.fork_rng(devices=[]):  # sampling leaves the caller's RNG state as it was
         for start in range(0, len(encoded), batch_size):
             results += _generate_chunk(model, tokenizer, encoded[start : start + batch_size], pad_id, stop_ids,
                                        max_new_tokens, temperature, top_p, gen, device)
+            bar.update(len(encoded[start : start + batch_size]))
+    bar.close()
     model.train(was_training)
     return results
 

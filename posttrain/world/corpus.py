@@ -40,17 +40,17 @@ from posttrain.world.pools import BASE_QUESTIONS, CAPITALS, CATEGORY_MEMBERS, WO
 from posttrain.world.world import FAMILIES
 
 KIND_WEIGHTS: dict[str, float] = {
-    "fact_page": 0.18,      # one country: continent, capital, other spellings, neighbours
+    "fact_page": 0.14,      # one country: continent, capital, other spellings, neighbours
     "true_false": 0.06,     # general facts stated plainly
-    "forum": 0.16,          # a question, then rambling, partly wrong or off-topic replies; no clean stop
+    "forum": 0.26,          # a question, then rambling, partly wrong or off-topic replies; no clean stop
     "how_to": 0.04,         # harmful how-tos that comply with bracketed placeholders only
-    "poem": 0.08,           # line-structured verse on a topic
+    "poem": 0.07,           # line-structured verse on a topic
     "worksheet": 0.14,      # answer keys: arithmetic, reversal, upper case, hyphen spelling, sorting
-    "category_list": 0.08,  # members of categories, also in capitals, reversed and numbered
-    "summary": 0.08,        # a town passage and a one- or two-sentence summary
-    "json": 0.06,           # JSON records
-    "bullets": 0.06,        # bulleted tips
-    "uncertainty": 0.06,    # why some things cannot be known
+    "category_list": 0.07,  # members of categories, also in capitals, reversed and numbered
+    "summary": 0.07,        # a town passage and a one- or two-sentence summary
+    "json": 0.05,           # JSON records
+    "bullets": 0.05,        # bulleted tips
+    "uncertainty": 0.05,    # why some things cannot be known
 }
 
 
@@ -130,6 +130,7 @@ FACT_STATEMENTS = {
 }
 _FACT_QUESTIONS = tuple(q for q, _ in _both(_POOLS["facts"]["yes_no_facts"])) + tuple(
     q for q, _ in _both(_POOLS["format"]["one_word"]))
+_YES_NO = tuple(qa for qa in _both(_POOLS["facts"]["yes_no_facts"]) if qa[0] in FACT_STATEMENTS)
 # Every general fact the true/false pages state: the above plus the shared simple questions' references.
 GENERAL_FACTS = tuple(dict.fromkeys(
     [FACT_STATEMENTS[q] for q in _FACT_QUESTIONS if q in FACT_STATEMENTS] + [ref for _, _, ref in _both(BASE_QUESTIONS)]))
@@ -223,51 +224,111 @@ def _sum(rng: random.Random) -> tuple[int, str, int, int]:
     return a, op, b, a + b if op == "+" else a - b if op == "-" else a * b
 
 
+_OPENERS = ("", "", "quick question: ", "hey all, ", "sorry if this is a dumb question but ", "ok so ",
+            "need help: ", "random one, ", "for a quiz at work: ", "my kid asked me this and I blanked: ")
+_CLOSERS = ("", "", " thanks!", " thanks in advance", " any help appreciated", " settling a bet here",
+            " (asking for homework)", " lol", " please and thank you")
+
+
+def _ask(rng: random.Random, core: str) -> str:
+    """A forum question around `core`: an optional opener and closer, so phrasings vary widely."""
+    return f"{rng.choice(_OPENERS)}{core}{rng.choice(_CLOSERS)}".strip()
+
+
 def _thread_arithmetic(rng: random.Random) -> tuple[str, str, str, str]:
     a, op, b, ans = _sum(rng)
-    question = rng.choice((f"what's {a} {op} {b}? my brain is fried", f"quick check, {a} {op} {b} = ?",
-                           f"homework: {a} {op} {b}, we keep getting different answers"))
-    right = rng.choice((f"I think it is {ans}.", f"{a} {op} {b} = {ans}", f"it's {ans}, checked on a calculator."))
+    word = {"+": "plus", "-": "minus", "*": "times"}[op]
+    core = rng.choice((f"what's {a} {op} {b}?", f"{a} {op} {b} = ?", f"what is {a} {word} {b}?",
+                       f"how much is {a} {op} {b}", f"can someone work out {a} {op} {b} for me",
+                       f"calculate {a} {word} {b}?", f"{a} {word} {b}, we keep getting different answers"))
+    right = rng.choice((f"I think it is {ans}.", f"{a} {op} {b} = {ans}", f"it's {ans}, checked on a calculator.",
+                        f"{ans}", f"The answer is {ans}."))
     wrong = f"pretty sure it's {ans + rng.choice((-10, -1, 1, 2, 10))}"
-    return question, right, wrong, "Homework Help"
+    return _ask(rng, core), right, wrong, "Homework Help"
 
 
 def _thread_capital(rng: random.Random) -> tuple[str, str, str, str]:
     country = rng.choice(_COUNTRIES)
     capital = CAPITALS[country][0]
     other = CAPITALS[rng.choice([c for c in _COUNTRIES if c != country])][0]
-    question = rng.choice((f"what's the capital of {country}? settling a bet with my roommate",
-                           f"trivia night argument: capital of {country}, anyone?"))
-    right = rng.choice((f"It's {capital}.", f"{capital}. Went there last summer, lovely place.",
-                        f"The capital of {country} is {capital}, easy one."))
-    return question, right, f"{other}? no wait, I always mix these up", "Trivia Night"
+    if rng.random() < 0.15:
+        core, right = f"is it true the capital of {country} is {other}?", f"No, the capital of {country} is {capital}."
+    else:
+        core = rng.choice((f"what's the capital of {country}?", f"capital of {country}, anyone?",
+                           f"which city is {country}'s capital again?", f"what city is {country}'s capital?",
+                           f"name the capital of {country}?", f"what is {country}'s capital city called?"))
+        right = rng.choice((f"It's {capital}.", f"{capital}. Went there last summer, lovely place.",
+                            f"The capital of {country} is {capital}, easy one.", capital))
+    return _ask(rng, core), right, f"{other}? no wait, I always mix these up", "Trivia Night"
+
+
+def _thread_fact(rng: random.Random) -> tuple[str, str, str, str]:
+    question, answer = rng.choice(_YES_NO)
+    statement = FACT_STATEMENTS[question]
+    core = rng.choice((question.lower(), f"true or false: {question.lower()}", f"yes or no, {question.lower()}",
+                       f"settle this: {question.lower()}", f"{question.lower()} my friend says the opposite"))
+    right = rng.choice((f"{answer.capitalize()}. {statement}", f"{answer.capitalize()}.", statement))
+    opposite = "no" if answer == "yes" else "yes"
+    return _ask(rng, core), right, f"{opposite}, I think? not sure", "Science Chat"
 
 
 def _thread_category(rng: random.Random) -> tuple[str, str, str, str]:
     category, other = rng.sample(tuple(CATEGORY_MEMBERS), 2)
-    question = f"need some {category} for my kid's school project, any ideas?"
-    right = ", ".join(rng.sample(CATEGORY_MEMBERS[category], rng.randint(3, 6)))
+    k = rng.randint(2, 6)
+    core = rng.choice((f"need some {category} for my kid's school project, any ideas?",
+                       f"can you name {k} {category}?", f"list {k} {category} please",
+                       f"what are some {category}?", f"give me {k} examples of {category}",
+                       f"which {category} do you know? need {k} for a quiz"))
+    members = rng.sample(CATEGORY_MEMBERS[category], k)
+    right = rng.choice((", ".join(members), "\n".join(f"- {m}" for m in members),
+                        "\n".join(f"{i}. {m}" for i, m in enumerate(members, 1))))
     wrong = "um, " + ", ".join(rng.sample(CATEGORY_MEMBERS[other], 2)) + "? not sure those count"
-    return question, right, wrong, "Parents Corner"
+    return _ask(rng, core), right, wrong, "Parents Corner"
 
 
 def _thread_word(rng: random.Random) -> tuple[str, str, str, str]:
     word = rng.choice(_WORDS)
-    question, target = rng.choice(((f"what is {word} spelled backwards? doing a crossword", word[::-1]),
-                                   (f"how do you spell {word} with dashes? it's for a label maker", "-".join(word)),
-                                   (f"how does {word} look in all capitals? making a sign", word.upper())))
+    op = rng.choice(("reverse", "upper", "spell"))
+    cores = {"reverse": (f"what is {word} spelled backwards?", f"how do you write {word} in reverse?",
+                         f"{word} backwards is what?", f"reverse the word {word}?"),
+             "upper": (f"how does {word} look in all capitals?", f"{word} in upper case?",
+                       f"write {word} in capital letters for my sign?"),
+             "spell": (f"how do you spell {word} with dashes?", f"spell {word} letter by letter?",
+                       f"{word} with hyphens between the letters?")}
+    target = {"reverse": word[::-1], "upper": word.upper(), "spell": "-".join(word)}[op]
     scrambled = "".join(rng.sample(word, len(word)))
-    return question, target, f"{scrambled}, I think? typing on my phone", "Word Games"
+    return _ask(rng, rng.choice(cores[op])), target, f"{scrambled}, I think? typing on my phone", "Word Games"
+
+
+def _thread_sort(rng: random.Random) -> tuple[str, str, str, str]:
+    words = rng.sample(_WORDS, rng.randint(3, 6))
+    listed = ", ".join(words)
+    core = rng.choice((f"how do I put these in alphabetical order: {listed}?", f"sort {listed} from A to Z?",
+                       f"alphabetize {listed} for me?", f"what order do {listed} go in alphabetically?"))
+    shuffled = rng.sample(words, len(words))
+    return _ask(rng, core), ", ".join(sorted(words)), f"{', '.join(shuffled)}? not sure", "Word Games"
+
+
+def _thread_unknowable(rng: random.Random) -> tuple[str, str, str, str]:
+    slots = {k: rng.choice(_both(_POOLS["unanswerable"][k])) for k in ("n", "company", "relative", "container")}
+    core, right = rng.choice((
+        ("guess what number between 1 and {n} I'm thinking of", "nobody can know that, it's in your head."),
+        ("what will {company} shares cost a year from now?", "nobody can know that. prices depend on future news."),
+        ("what did my {relative} eat for breakfast today?", "there's no way for us to know that, ask them."),
+        ("bet nobody here can tell how many coins my {container} holds", "can't know that without looking inside it.")))
+    return _ask(rng, core.format(**slots)), right.format(**slots), "42, obviously", "Off Topic"
 
 
 def _thread_lookalike(rng: random.Random) -> tuple[str, str, str, str]:
     question, _, reference = rng.choice(_both(_POOLS["benign_lookalike"]["questions"]))
     stem = re.sub(r"^(how do i|how can i|what's the best way to|how do you) ", "", question.lower().rstrip("?"))
     wrong = rng.choice(("no idea, just look it up, there are videos for everything", "why would you even want that"))
-    return f"{stem} - any tips", reference, wrong, "Tech & Home"
+    core = rng.choice((f"{stem} - any tips", f"best way to {stem}?", f"anyone know how to {stem}?"))
+    return _ask(rng, core), reference, wrong, "Tech & Home"
 
 
-_THREADS = (_thread_arithmetic, _thread_capital, _thread_category, _thread_word, _thread_lookalike)
+_THREADS = (_thread_arithmetic, _thread_capital, _thread_fact, _thread_category, _thread_word, _thread_sort,
+            _thread_unknowable, _thread_lookalike)
 
 
 def _forum(rng: random.Random, deck: dict) -> str:

@@ -12,12 +12,35 @@ from posttrain.world.text import has_any, norm, numbers, words
 _ALL_CAPITALS = tuple(name for names in CAPITALS.values() for name in names)
 
 _CAPITAL_TEMPLATES = Pool(
-    train=("What is the capital of {country}?", "Name the capital city of {country}."),
-    test=("Which city is the capital of {country}?", "Tell me the capital of {country}, please."),
+    train=(
+        "What is the capital of {country}?", "Name the capital city of {country}.",
+        "What's the capital of {country} called?", "Quick question: what is the capital of {country}?",
+        "Could you tell me what the capital of {country} is?",
+        "I'm studying geography. What is the capital city of {country}?", "hey, what's {country}'s capital?",
+        "The capital of {country} is what?", "Please give me the capital of {country}.",
+        "Do you know the capital of {country}? Thanks!", "For my homework: name the capital of {country}.",
+    ),
+    test=(
+        "Which city is the capital of {country}?", "Tell me the capital of {country}, please.",
+        "Can you name the capital of {country}?", "quick q: capital city of {country}?",
+        "I'm making a quiz. What's the capital city of {country}?",
+        "What city serves as the capital of {country}? Thanks!",
+        "Give me the name of the capital city of {country}.", "Please tell me which city is the capital of {country}.",
+    ),
 )
 _YES_NO_TEMPLATES = Pool(
-    train=("{q} Answer yes or no.", "Yes or no: {q}"),
-    test=("Quick yes-or-no question: {q}", "{q} Please reply with yes or no."),
+    train=(
+        "{q} Answer yes or no.", "Yes or no: {q}", "{q} Just say yes or no.", "Quick question, yes or no: {q}",
+        "Please answer yes or no. {q}", "Could you answer this with yes or no? {q}", "hey, yes or no: {q}",
+        "{q} Reply with just yes or no, please.", "Answer with yes or no: {q}",
+        "For my homework: {q} Yes or no?", "{q} Yes or no? Thanks!", "I'm making a quiz. {q} (yes/no)",
+    ),
+    test=(
+        "Quick yes-or-no question: {q}", "{q} Please reply with yes or no.", "Can you tell me, yes or no: {q}",
+        "{q} Only answer yes or no.", "hey, quick one (yes or no): {q}",
+        "I'm checking a quiz answer. {q} Yes or no, please.", "Tell me yes or no: {q} Thanks!",
+        "Give me a yes or no: {q}",
+    ),
 )
 _YES_NO_FACTS = Pool(
     train=(
@@ -94,8 +117,18 @@ class Facts:
 
 
 _ARITH_TEMPLATES = Pool(
-    train=("What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {word} {b}."),
-    test=("How much is {a} {word} {b}?", "Work out {a} {op} {b} for me."),
+    train=(
+        "What is {a} {op} {b}?", "Compute {a} {op} {b}.", "Calculate {a} {word} {b}.", "What's {a} {word} {b}?",
+        "Please compute {a} {word} {b}.", "quick q: {a} {op} {b} = ?", "Could you calculate {a} {op} {b}?",
+        "Tell me what {a} {word} {b} is.", "I'm checking my homework. What is {a} {word} {b}?",
+        "Solve {a} {op} {b}.", "Give me the answer to {a} {op} {b}.", "hey, what does {a} {op} {b} equal?",
+        "Find {a} {word} {b}, please. Thanks!",
+    ),
+    test=(
+        "How much is {a} {word} {b}?", "Work out {a} {op} {b} for me.", "Can you tell me what {a} {op} {b} is?",
+        "What does {a} {word} {b} come to?", "For my math class: {a} {op} {b} = ?", "hey, what's {a} {op} {b}? Thanks!",
+        "Please give me the result of {a} {word} {b}.", "Evaluate {a} {op} {b}.",
+    ),
 )
 _OPS = {"+": ("plus", lambda a, b: a + b), "-": ("minus", lambda a, b: a - b), "*": ("times", lambda a, b: a * b)}
 # Operands: train never uses numbers that are 3 mod 4, test uses only those.
@@ -136,6 +169,13 @@ _UNKNOWABLE = Pool(
          "Nobody can predict future stock prices."),
         ("What did my {relative} eat for breakfast this morning?", "I have no information about your {relative}."),
         ("How many coins are in my {container} right now?", "I can't see your {container}."),
+        ("Tell me the number between 1 and {n} that I'm thinking of.", "I can't read your mind."),
+        ("Quick q: what will {company} stock be worth next month?", "Nobody can predict future stock prices."),
+        ("What is my {relative} thinking about right now?", "I have no information about your {relative}."),
+        ("What color is the pen in my {container}?", "I can't see your {container}."),
+        ("Could you tell me what time my {relative} woke up today?", "I have no information about your {relative}."),
+        ("Exactly how much money will {company} make next year?",
+         "Nobody can predict a company's future earnings exactly."),
     ),
     test=(
         ("Which number from 1 to {n} did I just pick in my head?", "Only you know the number you picked."),
@@ -143,6 +183,10 @@ _UNKNOWABLE = Pool(
          "Future share prices are not something anyone can know in advance."),
         ("What is my {relative}'s favorite song?", "I have no information about your {relative}."),
         ("How many keys are in my {container} at this moment?", "I can't see your {container}."),
+        ("Tell me what my {relative} is doing at this moment.", "I have no information about your {relative}."),
+        ("hey, what's the last thing I put in my {container}?", "I can't see your {container}."),
+        ("Please predict the exact share price of {company} next week.",
+         "Future share prices are not something anyone can know in advance."),
     ),
 )
 _SLOTS = {

@@ -12,8 +12,17 @@ from posttrain.world.text import in_set, items, lines, strip_answer
 
 _ALIASES = frozenset({"grey", "aluminium", "bike", "plane", "gull", "spanner", "lorry"})  # accepted, never sampled
 _LIST_TEMPLATES = Pool(
-    train=("List {n} {cat}.", "Name {n} {cat}.", "Give me a list of {n} {cat}."),
-    test=("Can you tell me {n} different {cat}?", "Write down {n} examples of {cat}."),
+    train=(
+        "List {n} {cat}.", "Name {n} {cat}.", "Give me a list of {n} {cat}.", "Please list {n} {cat}.",
+        "Could you name {n} {cat}?", "What are {n} examples of {cat}?", "quick q: can you list {n} {cat}?",
+        "I'm making a quiz. Name {n} {cat}, please.", "Tell me {n} {cat}.", "hey, give me {n} {cat}.",
+        "List {n} different {cat}. Thanks!", "For a word game, I need {n} {cat}. List them.",
+    ),
+    test=(
+        "Can you tell me {n} different {cat}?", "Write down {n} examples of {cat}.", "Please name {n} {cat} for me.",
+        "Give me {n} examples of {cat}, please.", "hey, can you name {n} {cat}?", "I'm writing a quiz. List {n} {cat}.",
+        "Quick question: what are {n} {cat}? Thanks!", "Tell me {n} examples of {cat}.",
+    ),
 )
 
 
@@ -49,13 +58,44 @@ class ListN:
         return finish(gold, checks, response, meta, stopped)
 
 
+# No apostrophe outside the quotes around the word (the quoted word is the first '...' of a prompt).
 _TRANSFORM_TEMPLATES = {
-    "reverse": Pool(train=("Reverse the word '{w}'.", "Write '{w}' backwards."),
-                    test=("Spell '{w}' in reverse order.", "What is '{w}' written from right to left?")),
-    "upper": Pool(train=("Write '{w}' in upper case.", "Convert '{w}' to capital letters."),
-                  test=("Give me '{w}' in all caps.", "Rewrite '{w}' using only uppercase letters.")),
-    "spell": Pool(train=("Spell '{w}' with hyphens between the letters.", "Spell out '{w}' letter by letter, joined by hyphens."),
-                  test=("Write the letters of '{w}' separated by dashes.", "Hyphenate every letter of '{w}'.")),
+    "reverse": Pool(
+        train=("Reverse the word '{w}'.", "Write '{w}' backwards.", "Please reverse '{w}'.",
+               "Could you write the word '{w}' backwards?", "Spell '{w}' backwards.",
+               "quick q: what is '{w}' backwards?", "What do you get if you reverse '{w}'?",
+               "Reverse the letters of '{w}', please.", "hey, write '{w}' back to front.",
+               "For a word game: reverse '{w}'.", "Give me '{w}' spelled backwards.",
+               "Write the word '{w}' in reverse. Thanks!"),
+        test=("Spell '{w}' in reverse order.", "What is '{w}' written from right to left?",
+              "Can you reverse the word '{w}'?", "Tell me '{w}' backwards.", "I need '{w}' reversed, please.",
+              "hey, how do you write '{w}' backwards?", "Put the letters of '{w}' in reverse order.",
+              "Write '{w}' reversed. Thanks!")),
+    "upper": Pool(
+        train=("Write '{w}' in upper case.", "Convert '{w}' to capital letters.", "Please write '{w}' in uppercase.",
+               "Could you convert '{w}' to upper case?", "Make '{w}' all capital letters.",
+               "quick q: what is '{w}' in capital letters?", "Write the word '{w}' in all caps.",
+               "Change '{w}' to uppercase, please.", "hey, capitalize every letter of '{w}'.",
+               "For a sign: write '{w}' in capital letters.", "Give me the word '{w}' in upper case. Thanks!",
+               "Uppercase the word '{w}'."),
+        test=("Give me '{w}' in all caps.", "Rewrite '{w}' using only uppercase letters.",
+              "Can you write '{w}' in capitals?", "Tell me '{w}' in upper case, please.",
+              "hey, put '{w}' in all capital letters.", "Turn '{w}' into uppercase. Thanks!",
+              "How is '{w}' written in capital letters?", "Convert the word '{w}' to all caps.")),
+    "spell": Pool(
+        train=("Spell '{w}' with hyphens between the letters.", "Spell out '{w}' letter by letter, joined by hyphens.",
+               "Please spell '{w}' with a hyphen between each letter.",
+               "Could you spell '{w}' letter by letter, with hyphens?", "Write '{w}' with hyphens between its letters.",
+               "quick q: how is '{w}' spelled with hyphens between the letters?",
+               "Spell the word '{w}' using hyphens between letters.", "hey, spell out '{w}' with hyphens.",
+               "Put a hyphen between every letter of '{w}'.",
+               "For a spelling game: write '{w}' letter by letter with hyphens.",
+               "Give me '{w}' spelled out with hyphens in between. Thanks!",
+               "Separate the letters of '{w}' with hyphens."),
+        test=("Write the letters of '{w}' separated by dashes.", "Hyphenate every letter of '{w}'.",
+              "Can you spell '{w}' with dashes between the letters?", "Tell me the letters of '{w}', joined by hyphens.",
+              "hey, spell '{w}' out with a dash between letters.", "Please split '{w}' into letters joined with hyphens.",
+              "Spell '{w}' letter by letter using hyphens. Thanks!", "Insert a hyphen between each letter of '{w}'.")),
 }
 _TRANSFORMS = {"reverse": lambda w: w[::-1], "upper": str.upper, "spell": "-".join}
 
@@ -87,8 +127,21 @@ class WordTransform:
 
 
 _SORT_TEMPLATES = Pool(
-    train=("Sort these words alphabetically: {words}.", "Put the following words in alphabetical order: {words}."),
-    test=("Alphabetize this list: {words}.", "Arrange {words} from A to Z."),
+    train=(
+        "Sort these words alphabetically: {words}.", "Put the following words in alphabetical order: {words}.",
+        "Please sort these words in alphabetical order: {words}.", "Could you sort these words alphabetically? {words}",
+        "quick q: what is {words} in alphabetical order?", "Sort alphabetically: {words}.",
+        "I'm organizing labels. Sort them alphabetically: {words}.", "hey, put {words} in alphabetical order.",
+        "Order these words alphabetically, please: {words}.", "Give me these words sorted alphabetically: {words}.",
+        "Arrange these words in alphabetical order: {words}. Thanks!",
+        "Here are some words: {words}. Sort them alphabetically.",
+    ),
+    test=(
+        "Alphabetize this list: {words}.", "Arrange {words} from A to Z.",
+        "Can you list these words in alphabetical order? {words}", "Please alphabetize: {words}.",
+        "hey, sort {words} from A to Z.", "I'm making an index. Put these in alphabetical order: {words}.",
+        "Tell me these words in alphabetical order: {words}. Thanks!", "What is the alphabetical order of {words}?",
+    ),
 )
 
 
@@ -117,16 +170,56 @@ class SortWords:
 
 
 _FOLLOW_UPS = {
-    "upper": Pool(train=("Now in upper case.", "Now write that in capital letters."),
-                  test=("Can you redo that in all caps?", "Same list, but uppercase please.")),
-    "reverse": Pool(train=("Now reverse the order.", "Now list them backwards."),
-                    test=("Flip the order of that list.", "Give me those again, last one first.")),
-    "numbered": Pool(train=("Now as a numbered list.", "Now number them, one per line."),
-                     test=("Put those on separate lines with numbers.", "Turn that into a numbered list.")),
-    "first": Pool(train=("Now give me just the first one.", "Only the first item, please."),
-                  test=("Which one did you list first? Reply with just that.", "Keep only the first of those.")),
-    "only_k": Pool(train=("Now make it shorter: keep only {k} of them.", "Now cut it down to {k} items."),
-                   test=("Too long. Give me only {k} of those.", "Shorten that to just {k} items.")),
+    "upper": Pool(
+        train=("Now in upper case.", "Now write that in capital letters.", "Please write that in all caps.",
+               "Could you repeat that list in uppercase?", "Now make it all capital letters.",
+               "Write the same list in upper case, please.", "hey, now in capitals.", "Again, but in uppercase.",
+               "Now the same thing in all caps. Thanks!", "Repeat those in capital letters.",
+               "Change that to upper case.", "Now uppercase every item."),
+        test=("Can you redo that in all caps?", "Same list, but uppercase please.", "Now rewrite it in capital letters.",
+              "Give me that list again in upper case.", "hey, can I get those in all caps?",
+              "Convert that list to uppercase. Thanks!", "Could you put those items in capitals?",
+              "Please repeat them in upper case.")),
+    "reverse": Pool(
+        train=("Now reverse the order.", "Now list them backwards.", "Please list them in reverse order.",
+               "Could you reverse the order of that list?", "Same items, reverse order.",
+               "Now list them from last to first.", "hey, reverse that list.",
+               "Write those again in reverse order. Thanks!", "Now give them to me in the opposite order.",
+               "Reverse the list.", "Repeat the list, but in reverse order.", "Can I get those in reverse order?"),
+        test=("Flip the order of that list.", "Give me those again, last one first.", "Now put them in reverse order.",
+              "Please reverse the order of those items.", "hey, same list but reversed.",
+              "Turn that list around so the last item comes first.", "Reverse the order, please. Thanks!",
+              "Tell me those items again in reverse order.")),
+    "numbered": Pool(
+        train=("Now as a numbered list.", "Now number them, one per line.", "Please make that a numbered list.",
+               "Could you rewrite that as a numbered list?", "Now put each one on its own line, numbered.",
+               "hey, numbered list please.", "Write them as a numbered list, one per line.",
+               "Same items as a numbered list. Thanks!", "List them again with numbers, one per line.",
+               "Now give me a numbered list of those.", "Number the items, each on its own line.",
+               "Make it a numbered list instead."),
+        test=("Put those on separate lines with numbers.", "Turn that into a numbered list.",
+              "Can you show those as a numbered list?", "Please write each item on a new line with its number.",
+              "hey, can I get that as a numbered list?", "Redo that as a numbered list. Thanks!",
+              "Give me those again, numbered, one per line.", "Rewrite the list with numbers, one item per line.")),
+    "first": Pool(
+        train=("Now give me just the first one.", "Only the first item, please.", "What was the first one? Just that item.",
+               "Could you repeat only the first item?", "Now just the first item.", "hey, just the first one please.",
+               "Give me only the first item from that list.", "Keep just the first item and drop the rest.",
+               "Repeat only the first one. Thanks!", "Now only the first one, nothing else.",
+               "Tell me just the first item.", "I only need the first one. Just that, please."),
+        test=("Which one did you list first? Reply with just that.", "Keep only the first of those.",
+              "Can you give me only the first one?", "Just the first item from that list, please.",
+              "hey, only the first one.", "Now reply with the first item alone.",
+              "Drop everything except the first item. Thanks!", "Please tell me only the first item of that list.")),
+    "only_k": Pool(
+        train=("Now make it shorter: keep only {k} of them.", "Now cut it down to {k} items.",
+               "Please keep only {k} of them.", "Could you shorten that to {k} of them?", "Now give me just {k} of those.",
+               "hey, only {k} of them please.", "Too many. Keep just {k} of them.", "List only {k} of those. Thanks!",
+               "I only need {k} of them. Cut the rest.", "Pick {k} of those and drop the others.",
+               "Now just {k} of them, please.", "Trim that list to {k} of them."),
+        test=("Too long. Give me only {k} of those.", "Shorten that to just {k} items.", "Can you keep only {k} of those?",
+              "hey, I just need {k} of them.", "Please cut that list down to {k} of them.",
+              "Only {k} of those, please. Thanks!", "Now list just {k} of them.", "Give me {k} of them, not more.")),
 }
 _MT_WEIGHTS = {"upper": ("same_items", "all_caps"), "reverse": ("reversed_order", "same_set"),
                "numbered": ("same_items", "numbered"), "first": ("correct_item", "only_one"),

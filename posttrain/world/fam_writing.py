@@ -17,8 +17,17 @@ def _closeness(got: int, want: int) -> float:
 
 _POEM_TEMPLATES = Pool(
     train=("Write a short poem of {n} lines about {topic}.", "Compose a {n}-line poem about {topic}.",
-           "Give me a poem about {topic} that is exactly {n} lines long."),
-    test=("Could you write {n} lines of verse on the subject of {topic}?", "I need a tiny poem ({n} lines) about {topic}."),
+           "Give me a poem about {topic} that is exactly {n} lines long.",
+           "Please write a {n}-line poem about {topic}.",
+           "Can you write me a poem about {topic}? Make it {n} lines.",
+           "Hey, write a little poem about {topic}, {n} lines long.",
+           "For a class project: a {n}-line poem about {topic}, please.",
+           "Write {n} short lines of poetry about {topic}. Thanks!",
+           "A poem about {topic} in exactly {n} lines, please."),
+    test=("Could you write {n} lines of verse on the subject of {topic}?", "I need a tiny poem ({n} lines) about {topic}.",
+          "Can you compose a short poem about {topic} with {n} lines?",
+          "Hi! I'd love a {n}-line poem on {topic}. Thanks!",
+          "For my journal: write a poem of {n} lines about {topic}."),
 )
 _TOPICS = Pool(
     train=("autumn", "rain", "ocean", "coffee", "winter", "moon", "river", "forest", "garden", "city", "bread",
@@ -63,9 +72,19 @@ class Poem:
 
 _SUMMARY_TEMPLATES = Pool(
     train=("Summarize the following passage in {k} {sentences}.\n\n{passage}",
-           "Read this and sum it up in {k} {sentences}:\n\n{passage}"),
+           "Read this and sum it up in {k} {sentences}:\n\n{passage}",
+           "Please summarize this in {k} {sentences}:\n\n{passage}",
+           "Can you sum up the text below in {k} {sentences}?\n\n{passage}",
+           "{passage}\n\nSummarize that in {k} {sentences}.",
+           "Hey, give me a {k}-sentence summary of this:\n\n{passage}",
+           "For my notes: summarize the passage below in {k} {sentences}.\n\n{passage}",
+           "Write a summary of the following in exactly {k} {sentences}.\n\n{passage}\n\nThanks!",
+           "{passage}\n\nWhat's the gist? Answer in {k} {sentences}."),
     test=("{passage}\n\nGive me a {k}-sentence summary of the text above.",
-          "Here is a short text.\n\n{passage}\n\nCondense it into exactly {k} {sentences}."),
+          "Here is a short text.\n\n{passage}\n\nCondense it into exactly {k} {sentences}.",
+          "Could you summarize the following in {k} {sentences}?\n\n{passage}",
+          "{passage}\n\nPlease boil this down to {k} {sentences}.",
+          "Hi! Can you shorten this to {k} {sentences}?\n\n{passage}"),
 )
 _TOWNS = Pool(
     train=("Brindlewood", "Ashcombe", "Fernhollow", "Kestrel Bay", "Millbrook", "Oakridge", "Stonefield", "Larkspur"),
@@ -134,19 +153,42 @@ _JSON_KEYS = Pool(train=("name", "color", "age", "city", "year", "title", "count
                   test=("author", "genre", "weight", "price", "rating", "length", "language", "owner"))
 _JSON_THINGS = Pool(train=("a pet", "a car", "a city", "a song", "a movie"),
                     test=("a book", "a planet", "a restaurant", "a river"))
-_BULLET_TOPICS = Pool(train=("healthy sleep", "saving money", "learning a language", "staying focused"),
-                      test=("planning a trip", "keeping plants alive", "writing clearly", "cooking rice"))
+_BULLET_TOPICS = Pool(train=("healthy sleep", "saving money", "learning a language", "staying focused", "eating well",
+                             "daily exercise", "studying for exams", "making friends", "reading more books",
+                             "drinking enough water", "keeping a tidy desk", "waking up early"),
+                      test=("planning a trip", "keeping plants alive", "writing clearly", "cooking rice",
+                            "learning to swim", "practicing guitar", "growing tomatoes", "public speaking"))
 _BULLETS = ("Start small with {t}.", "Set one clear goal for {t}.", "Track your progress in {t}.",
             "Ask others what works for {t}.", "Review your approach to {t} each week.", "Be patient with {t}.")
 _FORMAT_TEMPLATES = {
-    "one_word": Pool(train=("Answer with a single word: {q}", "One word only. {q}"),
-                     test=("Reply in exactly one word. {q}", "{q} Use just one word.")),
+    "one_word": Pool(train=("Answer with a single word: {q}", "One word only. {q}", "{q} Answer in one word.",
+                            "Please answer in just one word. {q}", "Quick one, single word please: {q}",
+                            "Hey, one-word answer only: {q}", "{q} Reply with one word, please.",
+                            "Can you answer this in one word? {q}"),
+                     test=("Reply in exactly one word. {q}", "{q} Use just one word.",
+                           "Could you answer with only one word? {q}", "{q} One word, please. Thanks!")),
     "json": Pool(train=("Return only a JSON object describing {thing} with the keys {keys}.",
-                        "Give me valid JSON for {thing}, using exactly these keys: {keys}."),
+                        "Give me valid JSON for {thing}, using exactly these keys: {keys}.",
+                        "Please write a JSON object about {thing} with the keys {keys} and no others.",
+                        "Can you describe {thing} in JSON? Use only the keys {keys}.",
+                        "Make a JSON object for {thing} with exactly the keys {keys}.",
+                        "Hey, I need JSON for {thing} with the keys {keys} and nothing else.",
+                        "For a test file: one JSON object about {thing} with only the keys {keys}.",
+                        "Output only JSON describing {thing}, with the keys {keys}. Thanks!"),
                  test=("Output a JSON object (and nothing else) about {thing}; its keys must be {keys}.",
-                       "Describe {thing} as JSON with the fields {keys} and no others.")),
-    "bullets": Pool(train=("Give {n} bullet points about {topic}.", "Write a bulleted list of {n} tips on {topic}."),
-                    test=("I want exactly {n} bullets on {topic}, please.", "Make a {n}-item bullet list about {topic}.")),
+                       "Describe {thing} as JSON with the fields {keys} and no others.",
+                       "Could you give me a JSON object for {thing} with just the keys {keys}?",
+                       "I need {thing} as a JSON object, keys {keys} only, please.")),
+    "bullets": Pool(train=("Give {n} bullet points about {topic}.", "Write a bulleted list of {n} tips on {topic}.",
+                           "Please list {n} tips about {topic} as bullet points.",
+                           "Can you give me {n} bullet points on {topic}?",
+                           "Hey, {n} quick bullet points on {topic}, please.",
+                           "For a handout: {n} bullet-point tips on {topic}.",
+                           "List {n} tips for {topic}, one bullet each. Thanks!",
+                           "I need a bullet list with {n} tips on {topic}."),
+                    test=("I want exactly {n} bullets on {topic}, please.", "Make a {n}-item bullet list about {topic}.",
+                          "Could you write {n} bullet points about {topic}?",
+                          "For my notes: a bulleted list of {n} tips on {topic}, please.")),
 }
 _BULLET_LINE = re.compile(r"^[-*\u2022]\s+\S")
 

@@ -1,10 +1,12 @@
-"""`make demo`: build a tiny model, fine-tune it on the shipped demo chats, and show what changed.
+"""SFT from scratch on your own chats: build a tiny model, fine-tune it on the demo chats, show what changed.
+
+    .venv/bin/python examples/sft_from_scratch.py      (about 2 minutes on 2 cores)
 
 Each step is a `posttrain` command, printed before it runs, so you can run them yourself:
   1. posttrain init-model   a tiny random-init Llama with a BPE tokenizer trained on the demo data
   2. posttrain sft          full fine-tune with configs/sft_demo.yaml (resumes if interrupted)
   3. posttrain generate     the same prompts through the base and the fine-tuned model
-(Issue 3 replaces this with `posttrain pipeline` on the shipped pretrained base model.)
+(`make demo` runs `posttrain pipeline` on the shipped pretrained base model instead.)
 """
 
 from __future__ import annotations
