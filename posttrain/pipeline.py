@@ -34,18 +34,18 @@ class PipelineSFTConfig:
     data_kind: str = doc("curated", "world SFT data: curated (~1k clean) or noisy (~20k flawed)")
     n: int = doc(1000, "SFT examples to generate")
     noisy_n: int = doc(20000, "examples of the noisy set (with compare_noisy)")
-    max_steps: int = doc(300, "SFT optimizer steps")
+    max_steps: int = doc(80, "SFT optimizer steps")
     batch_size: int = doc(16, "SFT packed rows per step")
     micro_batch_size: int = doc(8, "SFT packed rows per forward pass")
     max_seq_len: int = doc(256, "SFT packed row length")
-    lr: float = doc(1e-3, "SFT peak learning rate")
-    warmup_steps: int = doc(20, "SFT warmup steps")
+    lr: float = doc(5e-4, "SFT peak learning rate")
+    warmup_steps: int = doc(10, "SFT warmup steps")
     save_every: int = doc(50, "SFT checkpoint every N steps (an interrupted pipeline resumes from the last one)")
 
 
 @dataclass
 class PipelineEvalConfig:
-    n: int = doc(300, "held-out test prompts per evaluated model")
+    n: int = doc(280, "held-out test prompts per evaluated model (balanced over the 14 families)")
     max_new_tokens: int = doc(128, "generation budget per prompt (a model that does not stop is cut here)")
     batch_size: int = doc(32, "prompts per generation batch")
 
@@ -67,7 +67,13 @@ def shipped_base() -> Path:
 
 
 def resolve_base(cfg: PipelineConfig) -> str:
+    """The base model folder, checked before any stage runs (a hub id passes through to the loader)."""
     if cfg.base:
+        local = Path(cfg.base).exists() or cfg.base.startswith(("/", ".", "~")) or cfg.base.count("/") != 1
+        if local and not (Path(cfg.base) / "config.json").exists():
+            raise UserError(f"base: '{cfg.base}' is not a model folder (no config.json there)")
+        if local and not any((Path(cfg.base) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+            raise UserError(f"base: '{cfg.base}' has no tokenizer (tokenizer.json / tokenizer_config.json)")
         return cfg.base
     if (shipped_base() / "config.json").exists():
         return str(shipped_base())

@@ -80,3 +80,26 @@ def test_pipeline_compare_noisy_reports_both(model_dir, tmp_path):
     assert len(noisy) == 60 and sum(r["world"]["flaw"] is not None for r in noisy) == 24
     assert (out / "sft_noisy" / "model" / "config.json").exists()
     assert "sft_noisy" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("case", ["missing", "no_tokenizer", "bad_key", "missing_config"])
+def test_pipeline_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, case):
+    import shutil
+
+    from posttrain.cli import main as cli_main
+
+    out = tmp_path / "p"
+    if case == "no_tokenizer":
+        bare = tmp_path / "bare"
+        bare.mkdir()
+        shutil.copy(f"{model_dir}/config.json", bare / "config.json")
+    args = {"missing": [f"base={tmp_path / 'nope'}"], "no_tokenizer": [f"base={tmp_path / 'bare'}"],
+            "bad_key": [f"base={model_dir}", "sft.lrr=1"],
+            "missing_config": ["--config", str(tmp_path / "nope.yaml")]}[case]
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["pipeline", *args, f"output_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert {"missing": "is not a model folder", "no_tokenizer": "has no tokenizer", "bad_key": "did you mean 'sft.lr'",
+            "missing_config": "no such file"}[case] in err[0]
+    assert not (out / "data").exists()  # nothing ran

@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from posttrain.io import atomic_write_text
+from posttrain.world.fam_writing import TOPICS, TOWNS
 from posttrain.world.pools import BASE_QUESTIONS, CAPITALS, CATEGORY_MEMBERS, WORDS
 from posttrain.world.world import FAMILIES
 
@@ -367,7 +368,7 @@ _VERSES = ("the {t} is quiet now,", "I walked beside the {t} at dawn,", "and eve
            "the {t} hums a song I almost know,", "slow hours gather round the {t},", "nobody told the {t} to wait,",
            "light falls across the {t} again,", "my grandmother loved the {t},", "the {t} does not ask for much,",
            "and so the {t} goes on.")
-_TOPICS = _both(_POOLS["poem"]["topics"])
+_TOPICS = _both(TOPICS)  # the corpus's own lists (prompts draw from wider train pools)
 
 
 def _poem(rng: random.Random, deck: dict) -> str:
@@ -443,7 +444,7 @@ _TOWN_LINES = ("Roughly {pop} people call {town} home.", "Each {season} there is
 
 def _summary(rng: random.Random, deck: dict) -> str:
     pools = _POOLS["summarize"]
-    town = rng.choice(_both(pools["towns"]))
+    town = rng.choice(_both(TOWNS))
     s = {k: rng.choice(_both(pools[k])) for k in ("product", "festival", "river", "industry")}
     s.update(town=town, pop=f"{rng.randint(2, 40)},{rng.randint(1, 9)}00", season=rng.choice(("spring", "autumn")),
              building=rng.choice(("church", "mill", "bridge")), century=rng.choice(("twelfth", "fifteenth")))

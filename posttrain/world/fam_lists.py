@@ -7,7 +7,7 @@ import re
 
 from posttrain.data.types import Message
 from posttrain.world.core import Pool, Score, Task, finish, make_task, user
-from posttrain.world.pools import CATEGORIES, CATEGORY_MEMBERS, WORDS
+from posttrain.world.pools import CATEGORIES, CATEGORY_MEMBERS, PROMPT_WORDS
 from posttrain.world.text import in_set, items, lines, strip_answer
 
 _ALIASES = frozenset({"grey", "aluminium", "bike", "plane", "gull", "spanner", "lorry"})  # accepted, never sampled
@@ -109,10 +109,10 @@ class WordTransform:
     """
 
     name = "word_transform"
-    pools = {"words": WORDS, **{f"templates_{k}": p for k, p in _TRANSFORM_TEMPLATES.items()}}
+    pools = {"words": PROMPT_WORDS, **{f"templates_{k}": p for k, p in _TRANSFORM_TEMPLATES.items()}}
 
     def generate(self, rng: random.Random, split: str) -> Task:
-        op, word = rng.choice(tuple(_TRANSFORMS)), WORDS.pick(rng, split)
+        op, word = rng.choice(tuple(_TRANSFORMS)), PROMPT_WORDS.pick(rng, split)
         prompt = _TRANSFORM_TEMPLATES[op].pick(rng, split).format(w=word)
         target = _TRANSFORMS[op](word)
         return make_task(self.name, [user(prompt)], {"op": op, "target": target}, target)
@@ -153,10 +153,10 @@ class SortWords:
     """
 
     name = "sort_words"
-    pools = {"templates": _SORT_TEMPLATES, "words": WORDS}
+    pools = {"templates": _SORT_TEMPLATES, "words": PROMPT_WORDS}
 
     def generate(self, rng: random.Random, split: str) -> Task:
-        given = WORDS.sample(rng, split, rng.randint(3, 6))
+        given = PROMPT_WORDS.sample(rng, split, rng.randint(3, 6))
         if given == sorted(given):
             given = given[1:] + given[:1]  # never hand out an already sorted list
         prompt = _SORT_TEMPLATES.pick(rng, split).format(words=", ".join(given))

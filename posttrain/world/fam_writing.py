@@ -7,6 +7,7 @@ import random
 import re
 
 from posttrain.world.core import Pool, Score, Task, finish, make_task, user
+from posttrain.world.pools import PROMPT_WORDS, WORDS
 from posttrain.world.text import has_any, has_word, items, lines, norm, sentences, words
 
 
@@ -29,12 +30,16 @@ _POEM_TEMPLATES = Pool(
           "Hi! I'd love a {n}-line poem on {topic}. Thanks!",
           "For my journal: write a poem of {n} lines about {topic}."),
 )
-_TOPICS = Pool(
+TOPICS = Pool(
     train=("autumn", "rain", "ocean", "coffee", "winter", "moon", "river", "forest", "garden", "city", "bread",
            "stars", "wind", "morning", "candle", "library", "harbor"),
     test=("lantern", "owl", "snow", "bicycle", "desert", "thunder", "orchard", "lighthouse", "kettle", "sunrise",
           "glacier", "market"),
 )
+# Poem prompts also take train-category members as topics (words the base model knows), so SFT learns to write
+# about the prompt's topic rather than recall a few memorised poems. The corpus keeps `TOPICS`.
+_PROMPT_TOPICS = Pool(train=TOPICS.train + tuple(w for w in PROMPT_WORDS.train[len(WORDS.train):]
+                                                  if w not in TOPICS.test), test=TOPICS.test)
 _POEM_LINES = ("quiet as the falling light,", "I keep the {t} close to me,", "the hours fold like paper,",
                "soft winds carry it away,", "a small song in the dark,", "we listen, and we stay,")
 
@@ -49,10 +54,10 @@ class Poem:
     """
 
     name = "poem"
-    pools = {"templates": _POEM_TEMPLATES, "topics": _TOPICS}
+    pools = {"templates": _POEM_TEMPLATES, "topics": _PROMPT_TOPICS}
 
     def generate(self, rng: random.Random, split: str) -> Task:
-        n, topic = rng.randint(2, 5), _TOPICS.pick(rng, split)
+        n, topic = rng.randint(2, 5), _PROMPT_TOPICS.pick(rng, split)
         body = [f"{topic.capitalize()} at the edge of day,"] + rng.sample(_POEM_LINES, n - 1)
         body[-1] = body[-1].rstrip(",") + "."
         reference = "\n".join(line.format(t=topic) for line in body)
@@ -86,9 +91,17 @@ _SUMMARY_TEMPLATES = Pool(
           "{passage}\n\nPlease boil this down to {k} {sentences}.",
           "Hi! Can you shorten this to {k} {sentences}?\n\n{passage}"),
 )
-_TOWNS = Pool(
+TOWNS = Pool(
     train=("Brindlewood", "Ashcombe", "Fernhollow", "Kestrel Bay", "Millbrook", "Oakridge", "Stonefield", "Larkspur"),
     test=("Marrowgate", "Quillon", "Thistledown", "Wrenford", "Cobalt Springs", "Eldermoor"),
+)
+# Summary prompts name many more train towns than the corpus's passages do (names made of two parts), so SFT
+# learns to copy the town from the passage; the test towns stay the six above.
+_PROMPT_TOWNS = Pool(
+    train=TOWNS.train + tuple(a + b for a in ("Ash", "Birch", "Cold", "Elm", "Fair", "Glen", "High", "Lake", "North",
+                                               "Red", "Rose", "West")
+                               for b in ("ford", "brook", "field", "haven", "ton", "wick", "bury", "dale")),
+    test=TOWNS.test,
 )
 _FACT_SLOTS = {
     "product": Pool(train=("cheese", "pottery", "lace", "clocks", "cider"), test=("glassware", "honey", "kites", "wool")),
@@ -111,10 +124,10 @@ class Summarize:
     """
 
     name = "summarize"
-    pools = {"templates": _SUMMARY_TEMPLATES, "towns": _TOWNS, **_FACT_SLOTS}
+    pools = {"templates": _SUMMARY_TEMPLATES, "towns": _PROMPT_TOWNS, **_FACT_SLOTS}
 
     def generate(self, rng: random.Random, split: str) -> Task:
-        town = _TOWNS.pick(rng, split)
+        town = _PROMPT_TOWNS.pick(rng, split)
         slots = {k: pool.pick(rng, split) for k, pool in _FACT_SLOTS.items()}
         slots.update(town=town, pop=f"{rng.randint(2, 40)},{rng.randint(1, 9)}00",
                      season=rng.choice(("spring", "summer", "autumn", "winter")),

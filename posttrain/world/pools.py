@@ -67,6 +67,21 @@ WORDS = Pool(
                     "zephyr, anchor, blizzard, canyon, compass, hammock, jigsaw")),
 )
 
+
+def _more_train_words() -> tuple[str, ...]:
+    """Members of the train categories that can serve as transform/sort words: single lower-case words of 3
+    to 10 letters, no palindromes, none a test word or a member of a test category."""
+    test_members = {m for c in CATEGORIES.test for m in CATEGORY_MEMBERS[c]} | set(WORDS.test)
+    words = [m for c in CATEGORIES.train for m in CATEGORY_MEMBERS[c]
+             if m.isalpha() and 3 <= len(m) <= 10 and m != m[::-1] and m not in test_members]
+    return tuple(w for w in dict.fromkeys(words) if w not in WORDS.train)
+
+
+# Words the word_transform and sort_words prompts use: the train half is widened with train-category members
+# (the corpus already spells, reverses and sorts them), so SFT learns to copy the word from the prompt instead
+# of recalling a few memorised answers. `WORDS` stays the corpus's own list.
+PROMPT_WORDS = Pool(train=WORDS.train + _more_train_words(), test=WORDS.test)
+
 # Country -> capital (first name is canonical, the rest are accepted spellings).
 CAPITALS: dict[str, tuple[str, ...]] = {
     # train
