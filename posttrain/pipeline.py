@@ -69,10 +69,11 @@ def shipped_base() -> Path:
 def resolve_base(cfg: PipelineConfig) -> str:
     """The base model folder, checked before any stage runs (a hub id passes through to the loader)."""
     if cfg.base:
-        local = Path(cfg.base).exists() or cfg.base.startswith(("/", ".", "~")) or cfg.base.count("/") != 1
-        if local and not (Path(cfg.base) / "config.json").exists():
+        from posttrain.models.load import has_tokenizer, is_local
+
+        if is_local(cfg.base) and not (Path(cfg.base) / "config.json").exists():
             raise UserError(f"base: '{cfg.base}' is not a model folder (no config.json there)")
-        if local and not any((Path(cfg.base) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        if is_local(cfg.base) and not has_tokenizer(cfg.base):
             raise UserError(f"base: '{cfg.base}' has no tokenizer (tokenizer.json / tokenizer_config.json)")
         return cfg.base
     if (shipped_base() / "config.json").exists():

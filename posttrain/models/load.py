@@ -10,12 +10,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from posttrain.errors import UserError
 from posttrain.models.tokenizer import DEFAULT_TEMPLATE
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def is_local(path: str) -> bool:
+    """Whether `path` means a local folder (it exists, or is not shaped like a hub id 'org/name')."""
+    return Path(path).expanduser().exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
+def has_tokenizer(folder: str) -> bool:
+    return any((Path(folder) / f).exists() for f in TOKENIZER_FILES)
+
 
 def _check_path(path: str, what: str) -> None:
     """A path that is neither an existing folder nor shaped like a hub id ('org/name') is an error."""
-    if Path(path).expanduser().exists():
-        return
-    if path.startswith((".", "/", "~")) or path.count("/") > 1:
+    if is_local(path) and not Path(path).expanduser().exists():
         raise UserError(f"{what}: no such folder '{path}'")
 
 
@@ -25,9 +34,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     EOS doubling as pad is safe here: padding is masked by sequence length, never by comparing ids.
     """
     _check_path(path, "model")
-    if Path(path).is_dir() and not any(
-        (Path(path) / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-    ):
+    if Path(path).is_dir() and not has_tokenizer(path):
         raise UserError(f"model: '{path}' has no tokenizer (tokenizer.json or tokenizer_config.json)")
     try:
         tok = AutoTokenizer.from_pretrained(path)
