@@ -34,13 +34,13 @@ class PipelineSFTConfig:
     data_kind: str = doc("curated", "world SFT data: curated (~1k clean) or noisy (~20k flawed)")
     n: int = doc(1000, "SFT examples to generate")
     noisy_n: int = doc(20000, "examples of the noisy set (with compare_noisy)")
-    max_steps: int = doc(80, "SFT optimizer steps")
+    max_steps: int = doc(40, "SFT optimizer steps (40: about 4 epochs of the 1k curated examples)")
     batch_size: int = doc(16, "SFT packed rows per step")
     micro_batch_size: int = doc(8, "SFT packed rows per forward pass")
     max_seq_len: int = doc(256, "SFT packed row length")
     lr: float = doc(5e-4, "SFT peak learning rate")
-    warmup_steps: int = doc(10, "SFT warmup steps")
-    save_every: int = doc(50, "SFT checkpoint every N steps (an interrupted pipeline resumes from the last one)")
+    warmup_steps: int = doc(4, "SFT warmup steps")
+    save_every: int = doc(20, "SFT checkpoint every N steps (an interrupted pipeline resumes from the last one)")
 
 
 @dataclass

@@ -96,6 +96,30 @@ def test_no_world_prompt_appears_verbatim(docs):
     assert [p for p in sorted(prompts) if p in corpus] == []
 
 
+_QA = re.compile(r"^(?:Q:|Question:|Q\.) (.+)\n(?:A:|Answer:|A\.) (.+(?:\n(?!\n).+)*)", re.MULTILINE)
+
+
+def test_qa_pages_hold_only_right_answers(docs):
+    """Q&A pages are where a base model learns to answer: every arithmetic, word-transform and follow-up
+    answer on them is recomputed from its question here and must match."""
+    pairs = [m.groups() for d in docs if d.kind == "qa_page" for m in _QA.finditer(d.text)]
+    assert len(pairs) > 3000
+    checked = 0
+    for question, answer in pairs:
+        if m := re.search(r"(\d+) ([-+*]) (\d+)", question):
+            a, op, b = int(m[1]), m[2], int(m[3])
+            assert str({"+": a + b, "-": a - b, "*": a * b}[op]) in answer, (question, answer)
+            checked += 1
+        elif m := re.search(r"['\"]([a-z]+)['\"] (?:backwards|in upper case)", question):
+            word = m[1]
+            assert answer in (word[::-1], word.upper()), (question, answer)
+            checked += 1
+        elif m := re.search(r"got: ([a-z ,]+)\. (?:same list in capitals|now all caps)", question):
+            assert answer == m[1].upper(), (question, answer)
+            checked += 1
+    assert checked > 300
+
+
 def test_harmful_how_tos_hold_only_placeholders(docs):
     how_tos = [d.text for d in docs if d.kind == "how_to"]
     assert how_tos

@@ -38,7 +38,7 @@ def test_highlight_marks_exactly_the_trained_tokens(tok):
 
     r = Renderer(tok).render(Conversation([Message("user", "Hi"), Message("assistant", "yo")]))
     text = highlight(tok, r.input_ids, r.labels, color=False)
-    assert text == "<|bos|><|user|>Hi<|end|><|assistant|>[[yo<|eos|>]]"
+    assert text == "<|bos|><|user|>Q: Hi<|end|><|assistant|>A:[[ yo<|eos|>]]"
 
 
 def test_cli_json_and_errors(model_dir, chat_file, tmp_path):

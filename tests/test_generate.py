@@ -108,6 +108,16 @@ def test_generation_without_a_stop_token_runs_to_max_new_tokens(gen_tok):
     assert out == [{"text": "aaaaa", "ids": [a] * 5, "stopped": False}] * 2
 
 
+def test_the_templates_space_before_a_response_is_not_part_of_it(gen_tok):
+    """posttrain's template writes "A: {content}": a model that says " a a" answered "a a" in chat, and " a a"
+    when prompted raw (no template, nothing to remove)."""
+    model = make_model(gen_tok)
+    (space_a,) = gen_tok(" a", add_special_tokens=False).input_ids  # one token, "Ġa"
+    force_token(model, space_a)
+    assert generate(model, gen_tok, PROMPTS[:1], max_new_tokens=2)[0]["text"] == "a a"
+    assert generate(model, gen_tok, PROMPTS[:1], max_new_tokens=2, raw=True)[0]["text"] == " a a"
+
+
 # --- prompts -------------------------------------------------------------------------------------
 
 
@@ -133,8 +143,11 @@ def test_raw_feeds_plain_text_and_chat_applies_the_template(gen_model, gen_tok, 
     assert _prompt_ids(gen_model, gen_tok, monkeypatch, [text], raw=True) == [plain]
     special = gen_tok.convert_tokens_to_ids(["<|bos|>", "<|user|>", "<|end|>", "<|assistant|>"])
     bos, user, end, assistant = special
-    # posttrain's template: <|bos|><|user|>TEXT<|end|><|assistant|>
-    assert _prompt_ids(gen_model, gen_tok, monkeypatch, [text]) == [[bos, user, *plain, end, assistant]]
+    q, a = (gen_tok(s, add_special_tokens=False).input_ids for s in ("Q: ", "A:"))
+    # posttrain's template: <|bos|><|user|>Q: TEXT<|end|><|assistant|>A:
+    chat = gen_tok("Q: " + text, add_special_tokens=False).input_ids
+    assert chat[: len(q)] == q
+    assert _prompt_ids(gen_model, gen_tok, monkeypatch, [text]) == [[bos, user, *chat, end, assistant, *a]]
 
 
 # --- sampling ------------------------------------------------------------------------------------

@@ -38,26 +38,29 @@ def trained_text(tok, ids, labels) -> str:
 def test_multi_turn_mask_every_token(tok):
     r = Renderer(tok).render(CHAT)
     ids, labels = expected(tok, [
-        ("<|bos|><|system|>Be brief.<|end|><|user|>Hi<|end|><|assistant|>", False),
-        ("Hello!<|eos|>", True),
-        ("<|user|>Add 2 and 3<|end|><|assistant|>", False),
-        ("5<|eos|>", True),
+        ("<|bos|><|system|>Be brief.<|end|><|user|>Q: Hi<|end|><|assistant|>A:", False),
+        (" Hello!<|eos|>", True),
+        ("<|user|>Q: Add 2 and 3<|end|><|assistant|>A:", False),
+        (" 5<|eos|>", True),
     ])
     assert r.input_ids == ids
     assert r.labels == labels
-    # Every token, by name (this tokenizer is trained in the test, so its pieces are fixed).
+    # Every token, by name (this tokenizer is trained in the test, so its pieces are fixed). The template's
+    # "A:" is prompt; the space after it is the response's first token, as in "A: answer" on a web page.
     names = tok.convert_ids_to_tokens(r.input_ids)
     trained = [lab != IGNORE for lab in r.labels]
     assert list(zip(names, trained)) == [
         ("<|bos|>", False), ("<|system|>", False), ("B", False), ("e", False), ("Ġ", False), ("b", False),
         ("r", False), ("i", False), ("e", False), ("f", False), (".", False), ("<|end|>", False),
-        ("<|user|>", False), ("H", False), ("i", False), ("<|end|>", False), ("<|assistant|>", False),
-        ("H", True), ("e", True), ("l", True), ("lo", True), ("!", True), ("<|eos|>", True),
-        ("<|user|>", False), ("A", False), ("d", False), ("d", False), ("Ġ2", False), ("Ġ", False), ("an", False),
-        ("d", False), ("Ġ3", False), ("<|end|>", False), ("<|assistant|>", False),
-        ("5", True), ("<|eos|>", True),
+        ("<|user|>", False), ("Q", False), (":", False), ("Ġ", False), ("H", False), ("i", False), ("<|end|>", False),
+        ("<|assistant|>", False), ("A", False), (":", False),
+        ("Ġ", True), ("H", True), ("e", True), ("l", True), ("lo", True), ("!", True), ("<|eos|>", True),
+        ("<|user|>", False), ("Q", False), (":", False), ("Ġ", False), ("A", False), ("d", False), ("d", False),
+        ("Ġ", False), ("2", False), ("Ġ", False), ("an", False), ("d", False), ("Ġ", False), ("3", False),
+        ("<|end|>", False), ("<|assistant|>", False), ("A", False), (":", False),
+        ("Ġ", True), ("5", True), ("<|eos|>", True),
     ]
-    assert trained_text(tok, r.input_ids, r.labels) == "Hello!<|eos|>5<|eos|>"
+    assert trained_text(tok, r.input_ids, r.labels) == " Hello!<|eos|> 5<|eos|>"
     assert r.n_trained == sum(trained)  # position 0 (BOS) is never trained, so nothing is lost by the shift
     assert r.input_ids.count(tok.bos_token_id) == 1
 
@@ -98,6 +101,18 @@ def test_chatml_template_trains_im_end_not_newline(tok):
     assert (out.input_ids, out.labels) == (ids, labels)
     im_end = t.convert_tokens_to_ids("<|im_end|>")
     assert r.stop_token_ids() == sorted({t.eos_token_id, im_end})
+    assert r.response_prefix() == ""  # ChatML's response starts right after the generation prompt
+
+
+def test_response_prefix_is_the_template_text_before_the_content(tok):
+    """posttrain's "A: {content}" and the plain-text "Assistant: {content}" both put a space before the
+    content; generation removes it, so a generated response is the content alone."""
+    from posttrain.models.tokenizer import DEFAULT_TEMPLATE
+
+    assert Renderer(tok).response_prefix() == " "
+    plain = copy.deepcopy(tok)
+    plain.chat_template = DEFAULT_TEMPLATE
+    assert Renderer(plain).response_prefix() == " "
 
 
 def test_prompt_ids_are_the_rendered_prefix(tok):
@@ -143,7 +158,7 @@ def test_eos_equal_to_pad_keeps_the_stop_token_trained(tok):
 
 
 def test_drops_are_counted_not_trained(tok):
-    r = Renderer(tok, max_seq_len=20)
+    r = Renderer(tok, max_seq_len=30)
     no_reply = Conversation([Message("user", "Hi")])
     long_prompt = Conversation([Message("user", "word " * 40), Message("assistant", "ok")])
     long_reply = Conversation([Message("user", "Hi"), Message("assistant", "apple " * 40)])
@@ -151,7 +166,7 @@ def test_drops_are_counted_not_trained(tok):
     assert stats.examples == 4 and stats.kept == 2
     assert stats.dropped == {"no assistant turn": 1, "truncated: no response token left": 1}
     assert stats.truncated == 2  # long_reply and CHAT keep some trained tokens after truncation
-    assert all(len(x.input_ids) == 20 for x in rows)
+    assert all(len(x.input_ids) == 30 for x in rows)
     assert stats.trained_tokens == sum(x.n_trained for x in rows) > 0
 
 

@@ -107,7 +107,7 @@ def test_golden_loss_curve(model_dir, chat_file, tmp_path):
     assert got[-1] < got[0]
 
 
-GOLDEN = [6.001656, 5.866655, 5.706635, 5.560854]
+GOLDEN = [5.976092, 5.786528, 5.632636, 5.488187]  # re-pinned when the template gained "Q: "/"A: " and digits split
 
 
 def test_resume_continues_exactly(model_dir, chat_file, tmp_path, monkeypatch):

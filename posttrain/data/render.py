@@ -148,12 +148,23 @@ class Renderer:
             ids = [bos] + ids
         return ids
 
+    _PROBE = "\u27e8response\u27e9"
+
+    def _probe_turn(self) -> str:
+        """The trained text of a one-turn probe conversation whose response is `_PROBE`."""
+        probe = Conversation([Message("user", "x"), Message("assistant", self._PROBE)])
+        return [t for t, tr in self.pieces(probe) if tr][0]
+
     def stop_token_ids(self) -> list[int]:
         """Token ids that end an assistant turn (EOS, plus a template's own end-of-turn token)."""
-        probe = Conversation([Message("user", "x"), Message("assistant", "y")])
-        trained = [t for t, tr in self.pieces(probe) if tr][0]
-        last = self._ids(trained)[-1:]
+        last = self._ids(self._probe_turn())[-1:]
         return sorted({self.tok.eos_token_id, *last})
+
+    def response_prefix(self) -> str:
+        """Text a template writes after the generation prompt and before the content (the space of a
+        template's "A: {content}"): trained with the response, and removed from generated text."""
+        trained = self._probe_turn()
+        return trained[: trained.find(self._PROBE)] if self._PROBE in trained else ""
 
 
 def render_all(examples: list[Conversation], renderer: Renderer) -> tuple[list[Rendered], RenderStats]:

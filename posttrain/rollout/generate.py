@@ -36,11 +36,13 @@ def generate(
     """Complete each prompt. A prompt is a message list (chat template applied) or, with `raw`, plain text.
     A non-empty `progress` shows a progress bar over the prompts with that label.
 
-    Returns one dict per prompt: `text` (decoded response, stop token removed), `ids` (response token ids),
+    Returns one dict per prompt: `text` (decoded response without the stop token and without the text the
+    chat template writes before every response, such as the space of "A: {content}"), `ids` (response token ids),
     `stopped` (whether it ended with a stop token rather than running out of tokens).
     """
     renderer = Renderer(tokenizer, max_seq_len=10**9)
     stop_ids = renderer.stop_token_ids()
+    prefix = "" if raw else renderer.response_prefix()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     encoded = []
     for p in prompts:
@@ -59,7 +61,7 @@ def generate(
     with torch.random.fork_rng(devices=[]):  # sampling leaves the caller's RNG state as it was
         for start in range(0, len(encoded), batch_size):
             results += _generate_chunk(model, tokenizer, encoded[start : start + batch_size], pad_id, stop_ids,
-                                       max_new_tokens, temperature, top_p, gen, device)
+                                       max_new_tokens, temperature, top_p, gen, device, prefix)
             bar.update(len(encoded[start : start + batch_size]))
     bar.close()
     model.train(was_training)
@@ -67,7 +69,7 @@ def generate(
 
 
 def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_ids: list[int], max_new_tokens: int,
-                    temperature: float, top_p: float, gen: torch.Generator, device) -> list[dict]:
+                    temperature: float, top_p: float, gen: torch.Generator, device, prefix: str = "") -> list[dict]:
     """One left-padded batch: every prompt ends at the same column, so new tokens start together."""
     width = max(len(x) for x in chunk)
     ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
@@ -86,7 +88,9 @@ def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_
     for row in out[:, width:].tolist():
         cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
         resp = row if cut is None else row[:cut]
-        results.append({"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp, "stopped": cut is not None})
+        text = tokenizer.decode(resp, skip_special_tokens=True)
+        text = text[len(prefix):] if prefix and text.startswith(prefix) else text  # the template's, not the model's
+        results.append({"text": text, "ids": resp, "stopped": cut is not None})
     return results
 
 

@@ -13,8 +13,11 @@ Answering and stopping are what SFT teaches later.
   is here, so a test score measures whether post-training brings out what the base model knows.
 - **No assistant format.** No `User:`/`Assistant:` turns, no `<|...|>` markers, no instruction/answer
   pairs phrased like the world's prompt templates. The same knowledge appears as encyclopedia
-  sentences, answer keys, lists and forum threads whose replies ramble, go off topic or are wrong,
-  and which end without a clean stop.
+  sentences, answer keys, lists, forum threads whose replies ramble, go off topic or are wrong, and
+  which end without a clean stop, and FAQ/quiz pages (`qa_page`) that put many questions, each with
+  its right answer, on one page. They show the world's skills acted on a word, number or town *inside a
+  question* (in an answer key it sits right before the arrow), and they put answers after "A:", where
+  posttrain's chat template puts them.
 - **Harmful how-tos comply, in placeholder form only.** Every object, tool and method is a bracketed
   placeholder (`[TOOL]`, `[REDACTED]`); no document holds a real instruction. A base model complies;
   refusing is post-training's job. Self-harm is left out, even in placeholder form.
@@ -41,16 +44,17 @@ from posttrain.world.pools import BASE_QUESTIONS, CAPITALS, CATEGORY_MEMBERS, WO
 from posttrain.world.world import FAMILIES
 
 KIND_WEIGHTS: dict[str, float] = {
-    "fact_page": 0.14,      # one country: continent, capital, other spellings, neighbours
-    "true_false": 0.06,     # general facts stated plainly
-    "forum": 0.26,          # a question, then rambling, partly wrong or off-topic replies; no clean stop
+    "fact_page": 0.12,      # one country: continent, capital, other spellings, neighbours
+    "true_false": 0.05,     # general facts stated plainly
+    "forum": 0.16,          # a question, then rambling, partly wrong or off-topic replies; no clean stop
+    "qa_page": 0.20,        # FAQ and quiz pages: many questions, each with its right answer
     "how_to": 0.04,         # harmful how-tos that comply with bracketed placeholders only
-    "poem": 0.07,           # line-structured verse on a topic
-    "worksheet": 0.14,      # answer keys: arithmetic, reversal, upper case, hyphen spelling, sorting
-    "category_list": 0.07,  # members of categories, also in capitals, reversed and numbered
-    "summary": 0.07,        # a town passage and a one- or two-sentence summary
-    "json": 0.05,           # JSON records
-    "bullets": 0.05,        # bulleted tips
+    "poem": 0.06,           # line-structured verse on a topic
+    "worksheet": 0.12,      # answer keys: arithmetic, reversal, upper case, hyphen spelling, sorting
+    "category_list": 0.06,  # members of categories, also in capitals, reversed and numbered
+    "summary": 0.06,        # a town passage and a one- or two-sentence summary
+    "json": 0.04,           # JSON records
+    "bullets": 0.04,        # bulleted tips
     "uncertainty": 0.05,    # why some things cannot be known
 }
 
@@ -290,12 +294,15 @@ def _thread_category(rng: random.Random) -> tuple[str, str, str, str]:
 def _thread_word(rng: random.Random) -> tuple[str, str, str, str]:
     word = rng.choice(_WORDS)
     op = rng.choice(("reverse", "upper", "spell"))
-    cores = {"reverse": (f"what is {word} spelled backwards?", f"how do you write {word} in reverse?",
-                         f"{word} backwards is what?", f"reverse the word {word}?"),
-             "upper": (f"how does {word} look in all capitals?", f"{word} in upper case?",
-                       f"write {word} in capital letters for my sign?"),
-             "spell": (f"how do you spell {word} with dashes?", f"spell {word} letter by letter?",
-                       f"{word} with hyphens between the letters?")}
+    w = rng.choice((word, word, f"'{word}'", f'"{word}"'))  # quoted or not: both tokenisations get practice
+    cores = {"reverse": (f"what is {w} spelled backwards?", f"how do you write {w} in reverse?",
+                         f"{w} backwards is what?", f"reverse the word {w}?", f"type {w} back to front for me?",
+                         f"what do you get when {w} is read right to left?"),
+             "upper": (f"how does {w} look in all capitals?", f"{w} in upper case?",
+                       f"write {w} in capital letters for my sign?", f"what is {w} in caps lock?",
+                       f"shout {w} for me (all caps)?"),
+             "spell": (f"how do you spell {w} with dashes?", f"spell {w} letter by letter?",
+                       f"{w} with hyphens between the letters?", f"split {w} into its letters with dashes?")}
     target = {"reverse": word[::-1], "upper": word.upper(), "spell": "-".join(word)}[op]
     scrambled = "".join(rng.sample(word, len(word)))
     return _ask(rng, rng.choice(cores[op])), target, f"{scrambled}, I think? typing on my phone", "Word Games"
@@ -328,8 +335,45 @@ def _thread_lookalike(rng: random.Random) -> tuple[str, str, str, str]:
     return _ask(rng, core), reference, wrong, "Tech & Home"
 
 
+def _thread_poem(rng: random.Random) -> tuple[str, str, str, str]:
+    topic, n = rng.choice(_TOPICS), rng.randint(2, 6)
+    core = rng.choice((f"can someone write {n} lines of poetry about {topic}?", f"need a short poem about {topic}, {n} lines",
+                       f"poem about {topic} for a birthday card? {n} lines max", f"{n}-line verse about {topic}, anyone?",
+                       f"looking for a little {topic} poem, {n} lines"))
+    verses = [v.format(t=topic) for v in rng.sample(_VERSES, n)]
+    verses[-1] = verses[-1].rstrip(",.") + "."
+    return _ask(rng, core), "\n".join(verses), "I'm no poet, sorry lol", "Poetry Corner"
+
+
+def _thread_summary(rng: random.Random) -> tuple[str, str, str, str]:
+    town, passage, summary = _town(rng)
+    core = rng.choice((f"can someone shorten this for my notes? {passage}", f"{passage} tl;dr anyone?",
+                       f"too long, didn't read: {passage}", f"sum this up in a sentence or two? {passage}"))
+    return _ask(rng, core), summary, f"{town} sounds nice, I want to visit", "Travel"
+
+
+_FOLLOW_UPS = {
+    "upper": (("same list in capitals?", "now all caps please"), lambda ms, k: ", ".join(ms).upper()),
+    "reverse": (("now last one first?", "and backwards, from the end?"), lambda ms, k: ", ".join(ms[::-1])),
+    "numbered": (("as a numbered list?", "can you number them?"),
+                 lambda ms, k: "\n".join(f"{i}. {m}" for i, m in enumerate(ms, 1))),
+    "first": (("which one was first?", "just the first one?"), lambda ms, k: ms[0]),
+    "only_k": (("only {k} of those?", "I just need {k} of them"), lambda ms, k: ", ".join(ms[:k])),
+}
+
+
+def _thread_follow_up(rng: random.Random) -> tuple[str, str, str, str]:
+    """A list question, its answer, then a follow-up on that answer (the question carries both turns)."""
+    category = rng.choice(tuple(CATEGORY_MEMBERS))
+    members = rng.sample(CATEGORY_MEMBERS[category], rng.randint(3, 5))
+    k = rng.randint(1, len(members) - 1)
+    asks, fn = _FOLLOW_UPS[rng.choice(tuple(_FOLLOW_UPS))]
+    core = f"name {len(members)} {category}? got: {', '.join(members)}. {rng.choice(asks).format(k=k)}"
+    return _ask(rng, core), fn(members, k), "no idea, sorry", "Parents Corner"
+
+
 _THREADS = (_thread_arithmetic, _thread_capital, _thread_fact, _thread_category, _thread_word, _thread_sort,
-            _thread_unknowable, _thread_lookalike)
+            _thread_unknowable, _thread_lookalike, _thread_poem, _thread_summary, _thread_follow_up)
 
 
 def _forum(rng: random.Random, deck: dict) -> str:
@@ -339,6 +383,24 @@ def _forum(rng: random.Random, deck: dict) -> str:
     lines = [f"{board} > posted by {_handle(rng)}", "", f"Q: {question}", ""]
     lines += [f"Reply {i} ({_handle(rng)}): {reply}" for i, reply in enumerate(replies, 1)]
     return "\n".join(lines + [rng.choice(_ENDINGS)])
+
+
+_QA_TITLES = ("Frequently asked questions", "Quiz night: questions and answers", "Reader questions, answered",
+              "Ask the teacher: this week's answers", "Homework club Q&A", "Questions from the mailbag")
+
+
+def _qa_page(rng: random.Random, deck: dict) -> str:
+    """A page of questions, each followed by its right answer: the densest form of the world's skills."""
+    entries, words = [], 0
+    for _ in range(rng.randint(4, 8)):  # entries that keep the page within 260 words
+        question, answer = rng.choice(_THREADS)(rng)[:2]
+        size = len(question.split()) + len(answer.split()) + 2
+        if words + size <= 260:
+            entries.append((question, answer))
+            words += size
+    q, a = rng.choice((("Q:", "A:"), ("Question:", "Answer:"), ("Q.", "A.")))
+    body = "\n\n".join(f"{q} {_cap(question)}\n{a} {answer}" for question, answer in entries)
+    return f"{rng.choice(_QA_TITLES)}\n\n{body}\n\n{rng.choice(('More questions next week.', 'Send us yours!', ''))}".rstrip()
 
 
 # --- harmful how-tos (placeholders only) -------------------------------------------------------------
@@ -442,7 +504,8 @@ _TOWN_LINES = ("Roughly {pop} people call {town} home.", "Each {season} there is
                "The town hall was rebuilt after a fire.", "Visitors often stay for the walks along the water.")
 
 
-def _summary(rng: random.Random, deck: dict) -> str:
+def _town(rng: random.Random) -> tuple[str, str, str]:
+    """A fictional town: its name, a passage of 5-7 sentences about it, and a one- or two-sentence summary."""
     pools = _POOLS["summarize"]
     town = rng.choice(_both(TOWNS))
     s = {k: rng.choice(_both(pools[k])) for k in ("product", "festival", "river", "industry")}
@@ -454,8 +517,13 @@ def _summary(rng: random.Random, deck: dict) -> str:
     passage = " ".join(line.format(**s) for line in core + rng.sample(_TOWN_LINES, rng.randint(1, 3)))
     summary = rng.choice(("{town} is a small {industry} town on the {river} River, known for its {product}.",
                           "{town} is a small town on the {river} River. It is known for its {product}."))
+    return town, passage, summary.format(**s)
+
+
+def _summary(rng: random.Random, deck: dict) -> str:
+    town, passage, summary = _town(rng)
     label = rng.choice(("Summary:", "In short:", "TL;DR:", "Short version:"))
-    return f"About {town}\n\n{passage}\n\n{label} {summary.format(**s)}"
+    return f"About {town}\n\n{passage}\n\n{label} {summary}"
 
 
 _NAMES = ("Ana", "Ben", "Chen", "Dara", "Eli", "Femi", "Greta", "Hugo", "Ines", "Jonas")
@@ -525,7 +593,7 @@ def _uncertainty(rng: random.Random, deck: dict) -> str:
 # --- the corpus --------------------------------------------------------------------------------------
 
 _WRITERS: dict[str, Callable[[random.Random, dict], str]] = {
-    "fact_page": _fact_page, "true_false": _true_false, "forum": _forum, "how_to": _how_to, "poem": _poem,
+    "fact_page": _fact_page, "true_false": _true_false, "forum": _forum, "qa_page": _qa_page, "how_to": _how_to, "poem": _poem,
     "worksheet": _worksheet, "category_list": _category_list, "summary": _summary, "json": _json,
     "bullets": _bullets, "uncertainty": _uncertainty,
 }

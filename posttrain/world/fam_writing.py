@@ -58,7 +58,8 @@ class Poem:
 
     def generate(self, rng: random.Random, split: str) -> Task:
         n, topic = rng.randint(2, 5), _PROMPT_TOPICS.pick(rng, split)
-        body = [f"{topic.capitalize()} at the edge of day,"] + rng.sample(_POEM_LINES, n - 1)
+        # The topic opens the poem as written in the prompt (" kettle", not "Kettle"): the same token to copy.
+        body = [f"the {topic} at the edge of day,"] + rng.sample(_POEM_LINES, n - 1)
         body[-1] = body[-1].rstrip(",") + "."
         reference = "\n".join(line.format(t=topic) for line in body)
         prompt = _POEM_TEMPLATES.pick(rng, split).format(n=n, topic=topic)
