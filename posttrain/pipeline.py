@@ -71,9 +71,11 @@ def resolve_base(cfg: PipelineConfig) -> str:
     if cfg.base:
         from posttrain.models.load import has_tokenizer, is_local
 
-        if is_local(cfg.base) and not (Path(cfg.base) / "config.json").exists():
+        if not is_local(cfg.base):
+            return cfg.base
+        if not (Path(cfg.base) / "config.json").exists():
             raise UserError(f"base: '{cfg.base}' is not a model folder (no config.json there)")
-        if is_local(cfg.base) and not has_tokenizer(cfg.base):
+        if not has_tokenizer(cfg.base):
             raise UserError(f"base: '{cfg.base}' has no tokenizer (tokenizer.json / tokenizer_config.json)")
         return cfg.base
     if (shipped_base() / "config.json").exists():

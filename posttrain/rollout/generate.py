@@ -61,15 +61,17 @@ def generate(
     with torch.random.fork_rng(devices=[]):  # sampling leaves the caller's RNG state as it was
         for start in range(0, len(encoded), batch_size):
             results += _generate_chunk(model, tokenizer, encoded[start : start + batch_size], pad_id, stop_ids,
-                                       max_new_tokens, temperature, top_p, gen, device, prefix)
+                                       max_new_tokens, temperature, top_p, gen, device)
             bar.update(len(encoded[start : start + batch_size]))
     bar.close()
     model.train(was_training)
+    for r in results:  # the template's text before every response is not the model's
+        r["text"] = r["text"].removeprefix(prefix)
     return results
 
 
 def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_ids: list[int], max_new_tokens: int,
-                    temperature: float, top_p: float, gen: torch.Generator, device, prefix: str = "") -> list[dict]:
+                    temperature: float, top_p: float, gen: torch.Generator, device) -> list[dict]:
     """One left-padded batch: every prompt ends at the same column, so new tokens start together."""
     width = max(len(x) for x in chunk)
     ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
@@ -88,9 +90,7 @@ def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_
     for row in out[:, width:].tolist():
         cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
         resp = row if cut is None else row[:cut]
-        text = tokenizer.decode(resp, skip_special_tokens=True)
-        text = text[len(prefix):] if prefix and text.startswith(prefix) else text  # the template's, not the model's
-        results.append({"text": text, "ids": resp, "stopped": cut is not None})
+        results.append({"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp, "stopped": cut is not None})
     return results
 
 

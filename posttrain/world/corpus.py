@@ -340,9 +340,8 @@ def _thread_poem(rng: random.Random) -> tuple[str, str, str, str]:
     core = rng.choice((f"can someone write {n} lines of poetry about {topic}?", f"need a short poem about {topic}, {n} lines",
                        f"poem about {topic} for a birthday card? {n} lines max", f"{n}-line verse about {topic}, anyone?",
                        f"looking for a little {topic} poem, {n} lines"))
-    verses = [v.format(t=topic) for v in rng.sample(_VERSES, n)]
-    verses[-1] = verses[-1].rstrip(",.") + "."
-    return _ask(rng, core), "\n".join(verses), "I'm no poet, sorry lol", "Poetry Corner"
+    poem = "\n".join(_verses(rng, topic, n))
+    return _ask(rng, core), poem, "I'm no poet, sorry lol", "Poetry Corner"
 
 
 def _thread_summary(rng: random.Random) -> tuple[str, str, str, str]:
@@ -433,12 +432,18 @@ _VERSES = ("the {t} is quiet now,", "I walked beside the {t} at dawn,", "and eve
 _TOPICS = _both(TOPICS)  # the corpus's own lists (prompts draw from wider train pools)
 
 
+def _verses(rng: random.Random, topic: str, n: int) -> list[str]:
+    """`n` distinct verse lines about `topic`, the last one closed with a period."""
+    verses = [v.format(t=topic) for v in rng.sample(_VERSES, n)]
+    verses[-1] = verses[-1].rstrip(",.") + "."
+    return verses
+
+
 def _poem(rng: random.Random, deck: dict) -> str:
     topic = rng.choice(_TOPICS)
     n_stanzas = rng.randint(2, 3)
     sizes = [rng.randint(5 - n_stanzas, 4) for _ in range(n_stanzas)]  # 6 to 12 lines
-    verses = [v.format(t=topic) for v in rng.sample(_VERSES, sum(sizes))]
-    verses[-1] = verses[-1].rstrip(",.") + "."
+    verses = _verses(rng, topic, sum(sizes))
     stanzas = ["\n".join(verses[sum(sizes[:i]):sum(sizes[:i + 1])]) for i in range(len(sizes))]
     title = rng.choice((_cap(topic), f"Thinking of {topic}", f"{_cap(topic)}, again", f"A song for {topic}"))
     title += rng.choice(("", f"\nby {_handle(rng)}", "\n(a short poem, first draft)"))
