@@ -147,10 +147,10 @@ def training_example(model_path: Path, data: Path) -> dict:
 def main(cfg: PipelineConfig) -> dict:
     from posttrain.report.html import write_report
 
+    base = resolve_base(cfg)  # before anything is written: a bad base leaves no run folder behind
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    base = resolve_base(cfg)
     data = stage_data(cfg, out, cfg.sft.data_kind, cfg.sft.n)
     models = {"sft": stage_sft(cfg, base, data, out)}
     if cfg.compare_noisy:

@@ -103,3 +103,5 @@ def test_pipeline_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, 
     assert {"missing": "is not a model folder", "no_tokenizer": "has no tokenizer", "bad_key": "did you mean 'sft.lr'",
             "missing_config": "no such file"}[case] in err[0]
     assert not (out / "data").exists()  # nothing ran
+    if case in ("missing", "no_tokenizer"):
+        assert not out.exists()  # a bad base is found before the run folder is made
