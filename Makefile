@@ -27,10 +27,10 @@ lint: $(BIN)/posttrain
 
 # Rebuild the shipped base model from scratch (about an hour on 2 cores): corpus -> pretrain -> assets.
 base: $(BIN)/posttrain
-	$(BIN)/posttrain world corpus --n 70000 --seed 0 --out runs/base/corpus.jsonl
+	$(BIN)/posttrain world corpus --n 110000 --seed 0 --out runs/base/corpus.jsonl
 	$(BIN)/posttrain pretrain --config configs/pretrain_base.yaml
 	rm -rf posttrain/assets/base && mkdir -p posttrain/assets && cp -r runs/base/pretrain/model posttrain/assets/base
-	printf '\nRebuild: `make base` in the posttrain repository (corpus: `posttrain world corpus --n 70000 --seed 0`).\n' >> posttrain/assets/base/README.md
+	printf '\nRebuild: `make base` in the posttrain repository (corpus: `posttrain world corpus --n 110000 --seed 0`).\n' >> posttrain/assets/base/README.md
 
 # The benchmark against TRL has its own environment (TRL is not a dependency of posttrain).
 bench:

@@ -5,6 +5,7 @@ format or a world prompt, keeps harmful how-tos to placeholders, and has the dec
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 
@@ -23,10 +24,11 @@ from posttrain.world.corpus import (
     make_documents,
     write_corpus,
 )
-from posttrain.world.pools import CAPITALS
+from posttrain.world.pools import BASE_QUESTIONS, CAPITALS
 from posttrain.world.text import has_any
 
 N_DOCS = 5000
+CORPUS_2000_MD5 = "1014382aad6a3ba22c6eb0241aa45a93"
 # Real hazardous terms a placeholder how-to must never contain (whole words, any case).
 DANGEROUS_TERMS = ("gunpowder", "thermite", "ammonium nitrate", "detonator", "nitroglycerin", "keylogger",
                    "malware", "sql injection", "brute force", "phishing", "pseudoephedrine", "methamphetamine",
@@ -38,6 +40,13 @@ _CHAT_TURN = re.compile(r"(?:^|\n)[ \t]*(?:user|human|assistant|system)[ \t]*:",
 @pytest.fixture(scope="module")
 def docs():
     return make_documents(N_DOCS, seed=0)
+
+
+def test_corpus_is_the_one_the_shipped_base_was_pretrained_on():
+    """The first 2,000 documents of `--n 100000 --seed 0` (whose md5 the base's card gives): a change to the
+    corpus's text changes the shipped base's corpus, so it must come with a rebuilt base."""
+    text = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in make_corpus(2000, seed=0))
+    assert hashlib.md5(text.encode()).hexdigest() == CORPUS_2000_MD5
 
 
 def test_deterministic_and_prefix_stable():
@@ -96,12 +105,17 @@ def test_no_world_prompt_appears_verbatim(docs):
     assert [p for p in sorted(prompts) if p in corpus] == []
 
 
+# The simple questions (shared ones and one-word ones, both splits) as the skills mix asks them: lower case,
+# no question mark; each with its accepted answers.
+_SIMPLE_ANSWERS = {q.lower().rstrip("?"): answers for q, answers, *_ in
+                   BASE_QUESTIONS.train + BASE_QUESTIONS.test + FAMILIES["format"].pools["one_word"].train
+                   + FAMILIES["format"].pools["one_word"].test}
 _QA = re.compile(r"^(?:Q:|Question:|Q\.) (.+)\n(?:A:|Answer:|A\.) (.+(?:\n(?!\n).+)*)", re.MULTILINE)
 
 
 def test_qa_pages_hold_only_right_answers(docs):
-    """Q&A pages are where a base model learns to answer: every arithmetic, word-transform and follow-up
-    answer on them is recomputed from its question here and must match."""
+    """Q&A pages are where a base model learns to answer: every arithmetic, word-transform, follow-up and
+    simple-question answer on them is recomputed from its question here (or looked up) and must match."""
     pairs = [m.groups() for d in docs if d.kind == "qa_page" for m in _QA.finditer(d.text)]
     assert len(pairs) > 3000
     checked = 0
@@ -117,7 +131,25 @@ def test_qa_pages_hold_only_right_answers(docs):
         elif m := re.search(r"got: ([a-z ,]+)\. (?:same list in capitals|now all caps)", question):
             assert answer == m[1].upper(), (question, answer)
             checked += 1
+        elif simple := next((q for q in _SIMPLE_ANSWERS if q in question.lower()), None):
+            assert has_any(answer, _SIMPLE_ANSWERS[simple]), (question, answer)
+            checked += 1
     assert checked > 300
+
+
+_DRILL_ROW = re.compile(r"^\d+\) (.+)\n([A-Z][a-z ]+:) (.+)$", re.MULTILINE)
+_DRILL_EXPECT = {"Typed:": lambda xs: ", ".join(xs), "Again:": lambda xs: ", ".join(xs),
+                 "Backwards:": lambda xs: ", ".join(reversed(xs)), "In capitals:": lambda xs: ", ".join(xs).upper(),
+                 "First word:": lambda xs: xs[0], "Last word:": lambda xs: xs[-1], "Second word:": lambda xs: xs[1],
+                 "Numbered:": lambda xs: " ".join(f"{i}. {x}" for i, x in enumerate(xs, 1))}
+
+
+def test_drills_copy_their_list(docs):
+    """Every drill row's answer is its list copied, rearranged or indexed as its label says."""
+    rows = [m.groups() for d in docs if d.kind == "drill" for m in _DRILL_ROW.finditer(d.text)]
+    assert len(rows) > 1000 and {label for _, label, _ in rows} == set(_DRILL_EXPECT)
+    for listed, label, answer in rows:
+        assert answer == _DRILL_EXPECT[label](listed.split(", ")), (listed, label, answer)
 
 
 def test_harmful_how_tos_hold_only_placeholders(docs):

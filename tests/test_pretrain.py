@@ -60,6 +60,38 @@ def test_short_run_learns_and_saves(tmp_path):
     assert {p.dtype for p in load_model(str(out / "model")).parameters()} == {torch.float32}
 
 
+def _run(tmp_path, name, *overrides):
+    out = tmp_path / name
+    cfg = load_config(PretrainConfig, None, [f"data={corpus(tmp_path)}", f"output_dir={out}", "batch_size=4",
+                                             "micro_batch_size=2", "model.hidden=32", "model.layers=2",
+                                             "model.vocab_size=300", "optim.lr=1e-2", "log_every=1",
+                                             "data.max_seq_len=64", "save_dtype=float16", *overrides])
+    pretrain.main(cfg)
+    return out, [json.loads(x)["train/loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_mid_training_continues_a_model_with_its_tokenizer(tmp_path):
+    """`model.init`: the weights and tokenizer of an existing model, trained further (mid-training)."""
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    first, first_losses = _run(tmp_path, "first", "max_steps=8")
+    # lr 0: the saved weights are exactly the ones loaded (fp16 -> fp32 -> fp16), not a new random init.
+    frozen, frozen_losses = _run(tmp_path, "frozen", f"model.init={first / 'model'}", "max_steps=2", "optim.lr=0",
+                                 "model.hidden=64", "model.vocab_size=500")  # size keys are unused with init
+    before, after = load_file(first / "model" / "model.safetensors"), load_file(frozen / "model" / "model.safetensors")
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert AutoTokenizer.from_pretrained(frozen / "model").get_vocab() == AutoTokenizer.from_pretrained(
+        first / "model").get_vocab()
+    # It starts where the first run ended, far below a fresh model's first loss.
+    assert frozen_losses[0] < first_losses[0] - 1.0, (frozen_losses, first_losses)
+    _, more = _run(tmp_path, "more", f"model.init={first / 'model'}", "max_steps=4")
+    assert more[-1] < more[0]
+    card = (frozen / "model" / "README.md").read_text()
+    assert f"continued from: {first / 'model'}" in card
+    assert "## Before: the model it continued" in card and card.count("max_steps: 8") == 1
+
+
 def test_corpus_without_text_field_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')

@@ -7,7 +7,9 @@ Choices this recipe makes:
 - Every document is `<bos> text <eos>`; documents longer than `data.max_seq_len` are cut into pieces.
   Pieces are packed into rows with position ids restarting per document (no attention across documents),
   and every token is trained.
-- A seeded random-init model of `model.arch` (Llama by default) of the configured size.
+- A seeded random-init model of `model.arch` (Llama by default) of the configured size, or, with
+  `model.init`, an existing model and its tokenizer trained further (mid-training: `make base` anneals
+  its web-pretrained base on a skill-dense mix before shipping it). The optimizer state starts fresh.
 - The same loop plumbing as SFT (`recipes/common.py`): global-batch token-mean loss, exact resume,
   NaN guard, metrics.jsonl and TensorBoard. The final model goes to `model/` (in `save_dtype`) with a
   model card.
@@ -42,6 +44,8 @@ class PretrainModelConfig:
     heads: int = doc(4, "attention heads")
     vocab_size: int = doc(4096, "BPE vocabulary size (when a tokenizer is trained)")
     tokenizer: str = doc("", "an existing tokenizer folder; empty: train one on the corpus")
+    init: str = doc("", "continue training this model folder (its weights and tokenizer; arch, size and "
+                        "tokenizer above are then unused): mid-training; empty: a new random-init model")
 
 
 @dataclass
@@ -95,16 +99,33 @@ def build_tokenizer(cfg: PretrainConfig, texts: list[str]):
     from posttrain.models.load import load_tokenizer
     from posttrain.models.tokenizer import train_tokenizer
 
-    return load_tokenizer(cfg.model.tokenizer) if cfg.model.tokenizer else train_tokenizer(texts, cfg.model.vocab_size)
+    existing = cfg.model.init or cfg.model.tokenizer
+    return load_tokenizer(existing) if existing else train_tokenizer(texts, cfg.model.vocab_size)
+
+
+def build_model(cfg: PretrainConfig, tok):
+    """`model.init` loaded in float32, or a seeded random-init model of the configured size."""
+    from posttrain.models.load import load_model
+    from posttrain.models.tiny import tiny_model
+
+    if cfg.model.init:
+        return load_model(cfg.model.init)
+    return tiny_model(cfg.model.arch, tok, seed=cfg.seed, hidden=cfg.model.hidden, layers=cfg.model.layers,
+                      heads=cfg.model.heads, max_len=max(512, cfg.data.max_seq_len))
 
 
 def model_card(cfg: PretrainConfig, n_params: int, wall_s: float, final_loss: float, tokens: int) -> str:
+    """The model's README: how it was made; with `model.init`, the card of the model it continued follows."""
+    before = Path(cfg.model.init, "README.md") if cfg.model.init else None
+    earlier = ("\n## Before: the model it continued\n\n" + before.read_text().split("\n", 1)[1].lstrip()
+               if before and before.exists() else "")
     return (f"# posttrain base model ({cfg.model.arch}, {n_params / 1e6:.2f}M parameters)\n\n"
             "Pretrained from scratch by posttrain on its synthetic web-like corpus: it has the assistant world's\n"
             "knowledge and skills, but not the assistant format (it continues text; SFT teaches it to answer).\n\n"
             f"- command: `posttrain pretrain --config <config.yaml>` (the resolved config is below)\n"
+            + (f"- continued from: {cfg.model.init} (its own card is below)\n" if cfg.model.init else "") +
             f"- seed: {cfg.seed}\n- tokens trained: {tokens}\n- wall time: {wall_s / 60:.1f} min\n"
-            f"- final training loss: {final_loss:.4f}\n\n```yaml\n{_yaml(cfg)}```\n")
+            f"- final training loss: {final_loss:.4f}\n\n```yaml\n{_yaml(cfg)}```\n" + earlier)
 
 
 def _yaml(cfg) -> str:
@@ -117,8 +138,6 @@ def _yaml(cfg) -> str:
 
 def main(cfg: PretrainConfig) -> dict:
     """Pretrain; returns the final metrics (also in metrics.jsonl)."""
-    from posttrain.models.tiny import tiny_model
-
     acc = common.make_accelerator(cfg.precision, cfg.seed, cfg.threads)
     out, world, rank = Path(cfg.output_dir), acc.num_processes, acc.process_index
     ckpt_dir = out / "checkpoints"
@@ -136,8 +155,7 @@ def main(cfg: PretrainConfig) -> dict:
     max_steps = cfg.max_steps or max(1, int(cfg.epochs * len(units) // cfg.batch_size))
 
     # Model, optimizer, schedule.
-    model = tiny_model(cfg.model.arch, tok, seed=cfg.seed, hidden=cfg.model.hidden, layers=cfg.model.layers,
-                       heads=cfg.model.heads, max_len=max(512, cfg.data.max_seq_len))
+    model = build_model(cfg, tok)
     model.config.use_cache = False
     if cfg.compile:
         model.compile()

@@ -18,6 +18,10 @@ Answering and stopping are what SFT teaches later.
   its right answer, on one page. They show the world's skills acted on a word, number or town *inside a
   question* (in an answer key it sits right before the arrow), and they put answers after "A:", where
   posttrain's chat template puts them.
+- **Copying.** Typing and memory drills (`drill`) give a random list of words or numbers, then the same
+  list copied, reversed, in capitals, numbered, or one item of it: nothing but the list itself predicts
+  the answer, so a base model learns to copy from its context, which every family that acts on the
+  prompt's own words needs (a base trained without drills could not copy the first item of a list).
 - **Harmful how-tos comply, in placeholder form only.** Every object, tool and method is a bracketed
   placeholder (`[TOOL]`, `[REDACTED]`); no document holds a real instruction. A base model complies;
   refusing is post-training's job. Self-harm is left out, even in placeholder form.
@@ -39,23 +43,25 @@ from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 from posttrain.io import atomic_write_text
+from posttrain.world.fam_knowledge import MAX_FACTOR, MAX_OPERAND
 from posttrain.world.fam_writing import TOPICS, TOWNS
-from posttrain.world.pools import BASE_QUESTIONS, CAPITALS, CATEGORY_MEMBERS, WORDS
+from posttrain.world.pools import BASE_QUESTIONS, CAPITALS, CATEGORY_MEMBERS, ONE_WORD_QUESTIONS, WORDS
 from posttrain.world.world import FAMILIES
 
 KIND_WEIGHTS: dict[str, float] = {
-    "fact_page": 0.12,      # one country: continent, capital, other spellings, neighbours
-    "true_false": 0.05,     # general facts stated plainly
-    "forum": 0.16,          # a question, then rambling, partly wrong or off-topic replies; no clean stop
+    "fact_page": 0.10,      # one country: continent, capital, other spellings, neighbours
+    "true_false": 0.04,     # general facts stated plainly
+    "forum": 0.13,          # a question, then rambling, partly wrong or off-topic replies; no clean stop
     "qa_page": 0.20,        # FAQ and quiz pages: many questions, each with its right answer
-    "how_to": 0.04,         # harmful how-tos that comply with bracketed placeholders only
-    "poem": 0.06,           # line-structured verse on a topic
+    "how_to": 0.03,         # harmful how-tos that comply with bracketed placeholders only
+    "poem": 0.05,           # line-structured verse on a topic
     "worksheet": 0.12,      # answer keys: arithmetic, reversal, upper case, hyphen spelling, sorting
+    "drill": 0.11,          # typing and memory drills: a random list, then the same list copied or rearranged
     "category_list": 0.06,  # members of categories, also in capitals, reversed and numbered
     "summary": 0.06,        # a town passage and a one- or two-sentence summary
-    "json": 0.04,           # JSON records
-    "bullets": 0.04,        # bulleted tips
-    "uncertainty": 0.05,    # why some things cannot be known
+    "json": 0.03,           # JSON records
+    "bullets": 0.03,        # bulleted tips
+    "uncertainty": 0.04,    # why some things cannot be known
 }
 
 
@@ -216,7 +222,7 @@ _ENDINGS = ("Load more replies (12)", "Page 1 of 3. Next page >", "anyway, speak
             "(thread continues)", "and then the other thing is that", "Reply | Quote | Report")
 _HANDLES = (("maple", "quiet", "river", "blue", "night", "happy", "old", "sunny", "lucky", "tiny"),
             ("fox", "owl", "reader", "gardener", "cook", "fan", "walker", "coder", "sailor", "baker"))
-_OPERANDS = tuple(range(2, 100))
+_OPERANDS = tuple(range(2, MAX_OPERAND + 1))  # the arithmetic family's range, train and test operands alike
 
 
 def _handle(rng: random.Random) -> str:
@@ -225,7 +231,7 @@ def _handle(rng: random.Random) -> str:
 
 def _sum(rng: random.Random) -> tuple[int, str, int, int]:
     op = rng.choice("+-*")
-    a, b = (rng.randint(2, 19), rng.randint(2, 19)) if op == "*" else (rng.choice(_OPERANDS), rng.choice(_OPERANDS))
+    a, b = (rng.randint(2, MAX_FACTOR), rng.randint(2, MAX_FACTOR)) if op == "*" else (rng.choice(_OPERANDS), rng.choice(_OPERANDS))
     return a, op, b, a + b if op == "+" else a - b if op == "-" else a * b
 
 
@@ -297,12 +303,18 @@ def _thread_word(rng: random.Random) -> tuple[str, str, str, str]:
     w = rng.choice((word, word, f"'{word}'", f'"{word}"'))  # quoted or not: both tokenisations get practice
     cores = {"reverse": (f"what is {w} spelled backwards?", f"how do you write {w} in reverse?",
                          f"{w} backwards is what?", f"reverse the word {w}?", f"type {w} back to front for me?",
-                         f"what do you get when {w} is read right to left?"),
+                         f"what do you get when {w} is read right to left?", f"flip the letters of {w}?",
+                         f"{w} written back to front?", f"how would {w} look reversed?",
+                         f"can anyone spell {w} from the last letter to the first?",
+                         f"what's {w} in reverse letter order?", f"mirror the word {w} for me?"),
              "upper": (f"how does {w} look in all capitals?", f"{w} in upper case?",
                        f"write {w} in capital letters for my sign?", f"what is {w} in caps lock?",
-                       f"shout {w} for me (all caps)?"),
+                       f"shout {w} for me (all caps)?", f"{w} in block capitals?", f"make {w} all uppercase?",
+                       f"how is {w} written in upper case letters?", f"capitalise every letter of {w}?"),
              "spell": (f"how do you spell {w} with dashes?", f"spell {w} letter by letter?",
-                       f"{w} with hyphens between the letters?", f"split {w} into its letters with dashes?")}
+                       f"{w} with hyphens between the letters?", f"split {w} into its letters with dashes?",
+                       f"{w} one letter at a time, with dashes?", f"put a dash between the letters of {w}?",
+                       f"break {w} into letters joined by hyphens?")}
     target = {"reverse": word[::-1], "upper": word.upper(), "spell": "-".join(word)}[op]
     scrambled = "".join(rng.sample(word, len(word)))
     return _ask(rng, rng.choice(cores[op])), target, f"{scrambled}, I think? typing on my phone", "Word Games"
@@ -371,8 +383,24 @@ def _thread_follow_up(rng: random.Random) -> tuple[str, str, str, str]:
     return _ask(rng, core), fn(members, k), "no idea, sorry", "Parents Corner"
 
 
+_SIMPLE_ENDINGS = (" ??", ", anyone?", ", does anyone know?", " (quiz question)", " - need it for a quiz", ", again?")
+
+
+def _thread_simple(rng: random.Random) -> tuple[str, str, str, str]:
+    """A simple question of both splits (the shared simple questions and the one-word questions), asked in the
+    forum's own words (never a world prompt: a question is never asked with a plain "?"), and its answer."""
+    question, word, statement = rng.choice(_SIMPLE)
+    core = question[:1].lower() + question[1:].rstrip("?") + rng.choice(_SIMPLE_ENDINGS)
+    return _ask(rng, core), rng.choice((statement, f"{_cap(word)}.")), "no clue, sorry", "Trivia Night"
+
+
+# (question, one-word answer, answer sentence) of the shared simple questions and the one-word questions.
+_SIMPLE = tuple((q, answers[0], ref) for q, answers, ref in _both(BASE_QUESTIONS)) + tuple(
+    (q, answers[0], FACT_STATEMENTS[q]) for q, answers in _both(ONE_WORD_QUESTIONS))
 _THREADS = (_thread_arithmetic, _thread_capital, _thread_fact, _thread_category, _thread_word, _thread_sort,
-            _thread_unknowable, _thread_lookalike, _thread_poem, _thread_summary, _thread_follow_up)
+            _thread_unknowable, _thread_lookalike, _thread_poem, _thread_summary, _thread_follow_up, _thread_simple)
+# Q&A pages lean to the skills that act on a word or number inside the question (forums draw threads uniformly).
+_QA_THREAD_WEIGHTS = (3, 1, 1, 1, 3, 1, 1, 1, 1, 2, 3, 2)
 
 
 def _forum(rng: random.Random, deck: dict) -> str:
@@ -392,7 +420,7 @@ def _qa_page(rng: random.Random, deck: dict) -> str:
     """A page of questions, each followed by its right answer: the densest form of the world's skills."""
     entries, words = [], 0
     for _ in range(rng.randint(4, 8)):  # entries that keep the page within 260 words
-        question, answer = rng.choice(_THREADS)(rng)[:2]
+        question, answer = rng.choices(_THREADS, weights=_QA_THREAD_WEIGHTS)[0](rng)[:2]
         size = len(question.split()) + len(answer.split()) + 2
         if words + size <= 260:
             entries.append((question, answer))
@@ -453,6 +481,7 @@ def _poem(rng: random.Random, deck: dict) -> str:
 
 
 _WORDS = _both(WORDS) + tuple(m for ms in CATEGORY_MEMBERS.values() for m in ms if m.isalpha())
+_DRILL_WORDS = tuple(dict.fromkeys(_WORDS + _both(TOPICS) + _both(TOWNS) + tuple(c for cs in CAPITALS.values() for c in cs)))
 _SHEETS = {
     "reverse": ("Backwards words (answer key)", lambda w: w[::-1]),
     "upper": ("Capital letters practice, answers", str.upper),
@@ -479,6 +508,37 @@ def _worksheet(rng: random.Random, deck: dict) -> str:
         rows = [f"{w} -> {fn(w)}" for w in rng.sample(_WORDS, n)]
     header = f"{title}, sheet {rng.randint(1, 40)}\nClass: ______  Date: ______"
     return header + "\n\n" + "\n".join(f"{i}) {r}" for i, r in enumerate(rows, 1)) + "\n\nCheck your work!"
+
+
+# Drill rows: a label and what it does to the list (the first label of each pair copies it unchanged).
+_DRILL_OPS = (
+    ("Typed:", lambda xs: ", ".join(xs)), ("Again:", lambda xs: ", ".join(xs)),
+    ("Backwards:", lambda xs: ", ".join(xs[::-1])), ("In capitals:", lambda xs: ", ".join(xs).upper()),
+    ("First word:", lambda xs: xs[0]), ("Last word:", lambda xs: xs[-1]),
+    ("Second word:", lambda xs: xs[1]), ("Numbered:", lambda xs: " ".join(f"{i}. {x}" for i, x in enumerate(xs, 1))),
+)
+_DRILL_TITLES = ("Typing practice", "Memory game: read it, then write it", "Dictation drill", "Copy-typing exercise",
+                 "Attention trainer, level {n}", "Listen and repeat")
+
+
+def _drill_items(rng: random.Random) -> list[str]:
+    """A random list: words of every kind the world uses, or numbers, so only copying predicts it."""
+    if rng.random() < 0.25:
+        return [str(rng.randint(2, 99)) for _ in range(rng.randint(3, 7))]
+    return rng.sample(_DRILL_WORDS, rng.randint(3, 6))
+
+
+def _drill(rng: random.Random, deck: dict) -> str:
+    """Rows of a random list followed by the same list copied, reversed, in capitals, or one item of it."""
+    rows = []
+    for i in range(1, rng.randint(4, 7) + 1):
+        items = _drill_items(rng)
+        label, fn = rng.choice(_DRILL_OPS)
+        rows.append(f"{i}) {', '.join(items)}\n{label} {fn(items)}")
+    title = rng.choice(_DRILL_TITLES).format(n=rng.randint(1, 9))
+    intro = rng.choice(("Read each list, then write what the label asks for.", "No peeking at the answers!",
+                        "Speed matters, but accuracy matters more."))
+    return f"{title}\n{intro}\n\n" + "\n\n".join(rows) + f"\n\n{rng.choice(('Score: __ / 10', 'Well done!', ''))}".rstrip()
 
 
 def _category_block(rng: random.Random, category: str) -> str:
@@ -599,7 +659,7 @@ def _uncertainty(rng: random.Random, deck: dict) -> str:
 
 _WRITERS: dict[str, Callable[[random.Random, dict], str]] = {
     "fact_page": _fact_page, "true_false": _true_false, "forum": _forum, "qa_page": _qa_page, "how_to": _how_to, "poem": _poem,
-    "worksheet": _worksheet, "category_list": _category_list, "summary": _summary, "json": _json,
+    "worksheet": _worksheet, "drill": _drill, "category_list": _category_list, "summary": _summary, "json": _json,
     "bullets": _bullets, "uncertainty": _uncertainty,
 }
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from posttrain.data.types import Message
 from posttrain.world.core import Pool, Score, Task, finish, make_task, user
-from posttrain.world.pools import BASE_QUESTIONS
+from posttrain.world.pools import INSTRUCTION_QUESTIONS
 from posttrain.world.text import has_any, norm, words
 
 _CUE_WORDS = Pool(train=("done", "indeed", "friend", "thanks", "sure", "okay"),
@@ -150,10 +150,10 @@ class IFEval:
     """
 
     name = "ifeval"
-    pools = {"questions": BASE_QUESTIONS, "cue_words": _CUE_WORDS, **{f"phrase_{k}": p for k, p in _USER_PHRASES.items()}}
+    pools = {"questions": INSTRUCTION_QUESTIONS, "cue_words": _CUE_WORDS, **{f"phrase_{k}": p for k, p in _USER_PHRASES.items()}}
 
     def generate(self, rng: random.Random, split: str) -> Task:
-        question, answers, reference = BASE_QUESTIONS.pick(rng, split)
+        question, answers, reference = INSTRUCTION_QUESTIONS.pick(rng, split)
         names = rng.sample(tuple(_USER_PHRASES), rng.randint(1, 2))
         if {"lower", "upper"} <= set(names) or {"start_with", "end_with"} <= set(names):
             names = names[:1]  # contradictory case pair, or two cue-word slots in one prompt
@@ -173,10 +173,10 @@ class SystemRule:
     """
 
     name = "system_rule"
-    pools = {"questions": BASE_QUESTIONS, "cue_words": _CUE_WORDS, **{f"rule_{k}": p for k, p in _SYSTEM_PHRASES.items()}}
+    pools = {"questions": INSTRUCTION_QUESTIONS, "cue_words": _CUE_WORDS, **{f"rule_{k}": p for k, p in _SYSTEM_PHRASES.items()}}
 
     def generate(self, rng: random.Random, split: str) -> Task:
-        question, answers, reference = BASE_QUESTIONS.pick(rng, split)
+        question, answers, reference = INSTRUCTION_QUESTIONS.pick(rng, split)
         names = [rng.choice(tuple(_SYSTEM_PHRASES))]
         params, reference = _build(rng, split, names, reference)
         system = _SYSTEM_PHRASES[names[0]].pick(rng, split).format(**_params_for_prompt(params))

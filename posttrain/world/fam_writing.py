@@ -7,7 +7,7 @@ import random
 import re
 
 from posttrain.world.core import Pool, Score, Task, finish, make_task, user
-from posttrain.world.pools import PROMPT_WORDS, WORDS
+from posttrain.world.pools import ONE_WORD_QUESTIONS, PROMPT_WORDS, WORDS
 from posttrain.world.text import has_any, has_word, items, lines, norm, sentences, words
 
 
@@ -153,16 +153,6 @@ class Summarize:
         return finish(gold, checks, response, meta, stopped)
 
 
-_ONE_WORD = Pool(
-    train=(("What color is the sky on a clear day?", ("blue",)), ("What is the opposite of hot?", ("cold",)),
-           ("What do bees make?", ("honey",)), ("What is the largest planet in our solar system?", ("jupiter",)),
-           ("What gas do humans need to breathe?", ("oxygen",)), ("What color is fresh grass?", ("green",)),
-           ("What is the opposite of day?", ("night",)), ("Which animal says moo?", ("cow",))),
-    test=(("What is the opposite of up?", ("down",)), ("Which season comes after winter?", ("spring",)),
-          ("Which planet is known as the Red Planet?", ("mars",)), ("What do you call a baby cat?", ("kitten",)),
-          ("What color is a ripe banana?", ("yellow",)), ("What is the opposite of wet?", ("dry",)),
-          ("Which star is closest to the Earth?", ("sun", "the sun"))),
-)
 _JSON_KEYS = Pool(train=("name", "color", "age", "city", "year", "title", "country", "size"),
                   test=("author", "genre", "weight", "price", "rating", "length", "language", "owner"))
 _JSON_THINGS = Pool(train=("a pet", "a car", "a city", "a song", "a movie"),
@@ -228,14 +218,14 @@ class Format:
     """
 
     name = "format"
-    pools = {"one_word": _ONE_WORD, "json_keys": _JSON_KEYS, "json_things": _JSON_THINGS,
+    pools = {"one_word": ONE_WORD_QUESTIONS, "json_keys": _JSON_KEYS, "json_things": _JSON_THINGS,
              "bullet_topics": _BULLET_TOPICS, **{f"templates_{k}": p for k, p in _FORMAT_TEMPLATES.items()}}
 
     def generate(self, rng: random.Random, split: str) -> Task:
         kind = rng.choice(tuple(_FORMAT_TEMPLATES))
         template = _FORMAT_TEMPLATES[kind].pick(rng, split)
         if kind == "one_word":
-            question, answers = _ONE_WORD.pick(rng, split)
+            question, answers = ONE_WORD_QUESTIONS.pick(rng, split)
             meta, reference = {"answers": list(answers)}, answers[0].capitalize()
             prompt = template.format(q=question)
         elif kind == "json":

@@ -127,3 +127,28 @@ BASE_QUESTIONS = Pool(
         ("What do you use to write on paper?", ("pen", "pencil"), "You write on paper with a pen."),
     ),
 )
+
+# Questions with a one-word answer (`format`), and their accepted answers.
+ONE_WORD_QUESTIONS = Pool(
+    train=(("What color is the sky on a clear day?", ("blue",)), ("What is the opposite of hot?", ("cold",)),
+           ("What do bees make?", ("honey",)), ("What is the largest planet in our solar system?", ("jupiter",)),
+           ("What gas do humans need to breathe?", ("oxygen",)), ("What color is fresh grass?", ("green",)),
+           ("What is the opposite of day?", ("night",)), ("Which animal says moo?", ("cow",))),
+    test=(("What is the opposite of up?", ("down",)), ("Which season comes after winter?", ("spring",)),
+          ("Which planet is known as the Red Planet?", ("mars",)), ("What do you call a baby cat?", ("kitten",)),
+          ("What color is a ripe banana?", ("yellow",)), ("What is the opposite of wet?", ("dry",)),
+          ("Which star is closest to the Earth?", ("sun", "the sun"))),
+)
+
+# The questions `ifeval` and `system_rule` wrap their constraints around. Test: the shared simple questions'
+# test half. Train: their train half, the one-word questions and "What is the capital of X?" for the train
+# countries, so SFT learns to answer the question asked, not to recall a few memorised answers.
+_SHARED_QUESTIONS = {q for q, *_ in BASE_QUESTIONS.train + BASE_QUESTIONS.test}
+INSTRUCTION_QUESTIONS = Pool(
+    train=BASE_QUESTIONS.train
+    + tuple((q, answers, f"{answers[0].capitalize()}.") for q, answers in ONE_WORD_QUESTIONS.train)
+    + tuple((q, tuple(c.lower() for c in CAPITALS[country]), f"The capital of {country} is {CAPITALS[country][0]}.")
+            for country in COUNTRIES.train
+            if (q := f"What is the capital of {country}?") not in _SHARED_QUESTIONS),
+    test=BASE_QUESTIONS.test,
+)
