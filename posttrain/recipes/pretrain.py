@@ -8,8 +8,8 @@ Choices this recipe makes:
   Pieces are packed into rows with position ids restarting per document (no attention across documents),
   and every token is trained.
 - A seeded random-init model of `model.arch` (Llama by default) of the configured size, or, with
-  `model.init`, an existing model and its tokenizer trained further (mid-training: `make base` anneals
-  its web-pretrained base on a skill-dense mix before shipping it). The optimizer state starts fresh.
+  `model.init`, an existing model and its tokenizer trained further on the corpus (continued
+  pretraining or mid-training). The optimizer state and the schedule start fresh.
 - The same loop plumbing as SFT (`recipes/common.py`): global-batch token-mean loss, exact resume,
   NaN guard, metrics.jsonl and TensorBoard. The final model goes to `model/` (in `save_dtype`) with a
   model card.
@@ -17,6 +17,7 @@ Choices this recipe makes:
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +120,11 @@ def model_card(cfg: PretrainConfig, n_params: int, wall_s: float, final_loss: fl
     before = Path(cfg.model.init, "README.md") if cfg.model.init else None
     earlier = ("\n## Before: the model it continued\n\n" + before.read_text().split("\n", 1)[1].lstrip()
                if before and before.exists() else "")
-    return (f"# posttrain base model ({cfg.model.arch}, {n_params / 1e6:.2f}M parameters)\n\n"
-            "Pretrained from scratch by posttrain on its synthetic web-like corpus: it has the assistant world's\n"
-            "knowledge and skills, but not the assistant format (it continues text; SFT teaches it to answer).\n\n"
+    arch = json.loads(Path(cfg.model.init, "config.json").read_text())["model_type"] if cfg.model.init else cfg.model.arch
+    how = "Trained further" if cfg.model.init else "Pretrained from scratch"
+    return (f"# posttrain base model ({arch}, {n_params / 1e6:.2f}M parameters)\n\n"
+            f"{how} by posttrain on plain text (posttrain's own corpus: the assistant world's knowledge and\n"
+            "skills, but not the assistant format; the model continues text, and SFT teaches it to answer).\n\n"
             f"- command: `posttrain pretrain --config <config.yaml>` (the resolved config is below)\n"
             + (f"- continued from: {cfg.model.init} (its own card is below)\n" if cfg.model.init else "") +
             f"- seed: {cfg.seed}\n- tokens trained: {tokens}\n- wall time: {wall_s / 60:.1f} min\n"

@@ -397,10 +397,12 @@ def _thread_simple(rng: random.Random) -> tuple[str, str, str, str]:
 # (question, one-word answer, answer sentence) of the shared simple questions and the one-word questions.
 _SIMPLE = tuple((q, answers[0], ref) for q, answers, ref in _both(BASE_QUESTIONS)) + tuple(
     (q, answers[0], FACT_STATEMENTS[q]) for q, answers in _both(ONE_WORD_QUESTIONS))
-_THREADS = (_thread_arithmetic, _thread_capital, _thread_fact, _thread_category, _thread_word, _thread_sort,
-            _thread_unknowable, _thread_lookalike, _thread_poem, _thread_summary, _thread_follow_up, _thread_simple)
-# Q&A pages lean to the skills that act on a word or number inside the question (forums draw threads uniformly).
-_QA_THREAD_WEIGHTS = (3, 1, 1, 1, 3, 1, 1, 1, 1, 2, 3, 2)
+# Every thread, with its weight on Q&A pages: they lean to the skills that act on a word or number inside the
+# question (forums draw threads uniformly).
+_THREAD_WEIGHTS = {_thread_arithmetic: 3, _thread_capital: 1, _thread_fact: 1, _thread_category: 1, _thread_word: 3,
+                   _thread_sort: 1, _thread_unknowable: 1, _thread_lookalike: 1, _thread_poem: 1, _thread_summary: 2,
+                   _thread_follow_up: 3, _thread_simple: 2}
+_THREADS = tuple(_THREAD_WEIGHTS)
 
 
 def _forum(rng: random.Random, deck: dict) -> str:
@@ -420,7 +422,7 @@ def _qa_page(rng: random.Random, deck: dict) -> str:
     """A page of questions, each followed by its right answer: the densest form of the world's skills."""
     entries, words = [], 0
     for _ in range(rng.randint(4, 8)):  # entries that keep the page within 260 words
-        question, answer = rng.choices(_THREADS, weights=_QA_THREAD_WEIGHTS)[0](rng)[:2]
+        question, answer = rng.choices(_THREADS, weights=tuple(_THREAD_WEIGHTS.values()))[0](rng)[:2]
         size = len(question.split()) + len(answer.split()) + 2
         if words + size <= 260:
             entries.append((question, answer))
@@ -510,7 +512,7 @@ def _worksheet(rng: random.Random, deck: dict) -> str:
     return header + "\n\n" + "\n".join(f"{i}) {r}" for i, r in enumerate(rows, 1)) + "\n\nCheck your work!"
 
 
-# Drill rows: a label and what it does to the list (the first label of each pair copies it unchanged).
+# Drill rows: a label and what it asks for, from the list above it.
 _DRILL_OPS = (
     ("Typed:", lambda xs: ", ".join(xs)), ("Again:", lambda xs: ", ".join(xs)),
     ("Backwards:", lambda xs: ", ".join(xs[::-1])), ("In capitals:", lambda xs: ", ".join(xs).upper()),
