@@ -12,8 +12,10 @@ family by family, to see what SFT kept, added and lost. Default MODEL: the shipp
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 
+from posttrain.errors import UserError
 from posttrain.models.load import load_model, load_tokenizer
 from posttrain.pipeline import shipped_base
 from posttrain.rollout.generate import generate
@@ -46,4 +48,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # a bad model path: one line, exit 2, as the posttrain commands do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

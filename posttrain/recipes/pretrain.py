@@ -17,7 +17,6 @@ Choices this recipe makes:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,12 +114,11 @@ def build_model(cfg: PretrainConfig, tok):
                       heads=cfg.model.heads, max_len=max(512, cfg.data.max_seq_len))
 
 
-def model_card(cfg: PretrainConfig, n_params: int, wall_s: float, final_loss: float, tokens: int) -> str:
+def model_card(cfg: PretrainConfig, arch: str, n_params: int, wall_s: float, final_loss: float, tokens: int) -> str:
     """The model's README: how it was made; with `model.init`, the card of the model it continued follows."""
     before = Path(cfg.model.init, "README.md") if cfg.model.init else None
     earlier = ("\n## Before: the model it continued\n\n" + before.read_text().split("\n", 1)[1].lstrip()
                if before and before.exists() else "")
-    arch = json.loads(Path(cfg.model.init, "config.json").read_text())["model_type"] if cfg.model.init else cfg.model.arch
     how = "Trained further" if cfg.model.init else "Pretrained from scratch"
     return (f"# posttrain base model ({arch}, {n_params / 1e6:.2f}M parameters)\n\n"
             f"{how} by posttrain on plain text (posttrain's own corpus: the assistant world's knowledge and\n"
@@ -219,7 +217,8 @@ def main(cfg: PretrainConfig) -> dict:
         final.config.use_cache = True
         final.to(getattr(torch, cfg.save_dtype))
         common.save_model(final, tok, out / "model", [tok.eos_token_id])
-        card = model_card(cfg, n_params, time.perf_counter() - t0, metrics.get("train/loss", float("nan")), seen)
+        card = model_card(cfg, final.config.model_type, n_params, time.perf_counter() - t0,
+                          metrics.get("train/loss", float("nan")), seen)
         atomic_write_text(out / "model" / "README.md", card)
         print(f"pretrain: done; model saved to {out / 'model'}")
     acc.wait_for_everyone()
