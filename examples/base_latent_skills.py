@@ -11,13 +11,11 @@ family by family, to see what SFT kept, added and lost. Default MODEL: the shipp
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections import defaultdict
 
-from posttrain.errors import UserError
+from _common import parser, run
+
 from posttrain.models.load import load_model, load_tokenizer
-from posttrain.pipeline import shipped_base
 from posttrain.rollout.generate import generate
 from posttrain.world import FAMILIES, Task, sample_tasks, score
 
@@ -30,8 +28,7 @@ def qa_page(task: Task) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("model", nargs="?", default=str(shipped_base()))
+    p = parser(__doc__)
     p.add_argument("--n", type=int, default=280)
     args = p.parse_args()
     tok, model = load_tokenizer(args.model), load_model(args.model).eval()
@@ -48,8 +45,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except UserError as e:  # a bad model path: one line, exit 2, as the posttrain commands do
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    run(main)
