@@ -10,6 +10,17 @@ from posttrain.errors import UserError
 from posttrain.pipeline import shipped_base
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count of prompts or lists)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def parser(doc: str) -> argparse.ArgumentParser:
     """An argument parser described by the first line of `doc`, with MODEL (default: the shipped base)."""
     p = argparse.ArgumentParser(description=doc.split("\n")[0])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from _common import parser, run
+from _common import parser, positive_int, run
 
 from posttrain.models.load import load_model, load_tokenizer
 from posttrain.rollout.generate import generate
@@ -22,7 +22,7 @@ from posttrain.world.corpus import _DRILL_OPS, _DRILL_WORDS  # the drills' own l
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--per-label", type=int, default=10, help="lists per label and kind (words, numbers)")
+    p.add_argument("--per-label", type=positive_int, default=10, help="lists per label and kind (words, numbers)")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()
     tok, model = load_tokenizer(args.model), load_model(args.model).eval()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from _common import parser, run
+from _common import parser, positive_int, run
 
 from posttrain.models.load import load_model, load_tokenizer
 from posttrain.rollout.generate import generate
@@ -29,7 +29,7 @@ def qa_page(task: Task) -> str:
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--n", type=int, default=280)
+    p.add_argument("--n", type=positive_int, default=280)
     args = p.parse_args()
     tok, model = load_tokenizer(args.model), load_model(args.model).eval()
     tasks = sample_tasks(args.n, split="test", seed=0)
