@@ -25,7 +25,7 @@ test: $(BIN)/posttrain
 lint: $(BIN)/posttrain
 	$(BIN)/ruff check posttrain tests benchmarks examples
 
-# Rebuild the shipped base model from scratch (about an hour on 2 cores): corpus -> pretrain -> assets.
+# Rebuild the shipped base model from scratch (about 45 minutes on 2 cores): corpus -> pretrain -> assets.
 base: $(BIN)/posttrain
 	$(BIN)/posttrain world corpus --n 110000 --seed 0 --out runs/base/corpus.jsonl
 	$(BIN)/posttrain pretrain --config configs/pretrain_base.yaml

@@ -24,7 +24,7 @@ from posttrain.world.corpus import (
     make_documents,
     write_corpus,
 )
-from posttrain.world.pools import BASE_QUESTIONS, CAPITALS
+from posttrain.world.pools import BASE_QUESTIONS, CAPITALS, ONE_WORD_QUESTIONS
 from posttrain.world.text import has_any
 
 N_DOCS = 5000
@@ -43,8 +43,8 @@ def docs():
 
 
 def test_corpus_is_the_one_the_shipped_base_was_pretrained_on():
-    """The first 2,000 documents of `--n 100000 --seed 0` (whose md5 the base's card gives): a change to the
-    corpus's text changes the shipped base's corpus, so it must come with a rebuilt base."""
+    """The first 2,000 documents of the shipped base's corpus (`--seed 0`; a shorter corpus is a prefix of a longer
+    one): a change to the corpus's text changes that corpus, so it must come with a rebuilt base."""
     text = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in make_corpus(2000, seed=0))
     assert hashlib.md5(text.encode()).hexdigest() == CORPUS_2000_MD5
 
@@ -105,11 +105,10 @@ def test_no_world_prompt_appears_verbatim(docs):
     assert [p for p in sorted(prompts) if p in corpus] == []
 
 
-# The simple questions (shared ones and one-word ones, both splits) as the skills mix asks them: lower case,
+# The simple questions (shared ones and one-word ones, both splits) as forum threads ask them: lower case,
 # no question mark; each with its accepted answers.
 _SIMPLE_ANSWERS = {q.lower().rstrip("?"): answers for q, answers, *_ in
-                   BASE_QUESTIONS.train + BASE_QUESTIONS.test + FAMILIES["format"].pools["one_word"].train
-                   + FAMILIES["format"].pools["one_word"].test}
+                   BASE_QUESTIONS.train + BASE_QUESTIONS.test + ONE_WORD_QUESTIONS.train + ONE_WORD_QUESTIONS.test}
 _QA = re.compile(r"^(?:Q:|Question:|Q\.) (.+)\n(?:A:|Answer:|A\.) (.+(?:\n(?!\n).+)*)", re.MULTILINE)
 
 
