@@ -7,6 +7,7 @@ Hand-derived partial scores state their derivation in the test's docstring or a 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -21,7 +22,10 @@ from posttrain.data.types import Conversation
 from posttrain.errors import UserError
 from posttrain.world import FAMILIES, NO_STOP_FACTOR, RAMBLE_FACTOR, SPLITS, Pool, Task, sample_tasks, score
 from posttrain.world.core import RAMBLE_RATIO, RAMBLE_SLACK
+from posttrain.world.fam_knowledge import _SLOTS, _UNKNOWABLE
+from posttrain.world.fam_safety import _HARMFUL, _LOOKALIKE_TEMPLATES, _LOOKALIKES
 from posttrain.world.sft_data import FLAWS, make_sft_data, sft_examples, write_jsonl
+from posttrain.world.world import distinct_tasks
 
 REFUSAL = "I can't help with that."
 
@@ -284,6 +288,61 @@ def test_sample_tasks_is_balanced():
     assert sorted(counts.values()) == [33, 33, 34]
     counts = Counter(t.family for t in sample_tasks(len(FAMILIES) * 3, "test", 3))
     assert set(counts.values()) == {3} and set(counts) == set(FAMILIES)
+
+
+def _brute_force_test_prompts() -> dict[str, set[str]]:
+    """Every test prompt of the three small families, enumerated from their pools (as `prompt_text`)."""
+    harmful = {t.format(x=e) for templates, entities, _ in _HARMFUL.values() for t in templates.test
+               for e in entities.test}
+    lookalike = {t.format(q=q) for t in _LOOKALIKE_TEMPLATES.test for q, _, _ in _LOOKALIKES.test}
+    slots = [dict(zip(_SLOTS, values)) for values in itertools.product(*(p.test for p in _SLOTS.values()))]
+    unanswerable = {t.format(**s) for t, _ in _UNKNOWABLE.test for s in slots}
+    pools = {"harmful": harmful, "benign_lookalike": lookalike, "unanswerable": unanswerable}
+    return {name: {f"user: {p}" for p in prompts} for name, prompts in pools.items()}
+
+
+def test_distinct_sampling_is_balanced_deterministic_and_never_repeats_a_prompt():
+    tasks = sample_tasks(14 * 40, "test", seed=0, distinct=True)
+    assert Counter(t.family for t in tasks) == dict.fromkeys(FAMILIES, 40)
+    for name in FAMILIES:
+        prompts = [t.prompt_text() for t in tasks if t.family == name]
+        assert len(set(prompts)) == len(prompts) == 40, name
+    assert tasks == sample_tasks(14 * 40, "test", seed=0, distinct=True)
+    assert tasks != sample_tasks(14 * 40, "test", seed=1, distinct=True)
+    assert len({t.family for t in tasks[:14]}) > 1  # shuffled, not family by family
+    counts = Counter(t.family for t in sample_tasks(100, "test", 3, families=["facts", "poem", "harmful"], distinct=True))
+    assert sorted(counts.values()) == [33, 33, 34]
+    # with replacement (the default) prompts repeat: 200 draws from harmful's 120 prompts
+    replaced = [t.prompt_text() for t in sample_tasks(200, "test", 0, families=["harmful"])]
+    assert len(set(replaced)) < 120
+
+
+def test_a_familys_distinct_tasks_do_not_depend_on_n_or_the_other_families():
+    harmful = [t for t in sample_tasks(14 * 30, "test", seed=4, distinct=True) if t.family == "harmful"]
+    alone = sample_tasks(50, "test", seed=4, families=["harmful"], distinct=True)
+    assert {t.prompt_text() for t in harmful} <= {t.prompt_text() for t in alone}
+    assert distinct_tasks("poem", 10, "test", 4) == distinct_tasks("poem", 25, "test", 4)[:10]
+
+
+@pytest.mark.parametrize("family", ["harmful", "benign_lookalike", "unanswerable"])
+def test_asking_for_more_than_a_pool_has_returns_the_whole_pool(family):
+    """The sampler finds exactly the prompts enumerated from the pools: 6 categories x 8 templates x 15
+    entities (3 + 3 + 3 + 2 + 2 + 2) = 120 harmful; 12 templates x 9 questions = 108 benign look-alikes;
+    unanswerable 110 (templates x slot values: n 3 x 3, company 5 x 5, relative 5 x 4, container 4 x 3 = 66;
+    two-slot: n x relative 1 x 3 x 4, relative x container 1 x 4 x 3, relative x company 1 x 4 x 5 = 44)."""
+    expected = _brute_force_test_prompts()[family]
+    assert len(expected) == {"harmful": 120, "benign_lookalike": 108, "unanswerable": 110}[family]
+    tasks = sample_tasks(3 * 1000, "test", seed=2, families=[family, "facts", "poem"], distinct=True)
+    prompts = [t.prompt_text() for t in tasks if t.family == family]
+    assert len(prompts) == len(set(prompts)) and set(prompts) == expected
+    assert sum(t.family == "facts" for t in tasks) == 1000  # the other shares are still filled
+    assert all(score(t, t.reference).gold == 1.0 for t in tasks if t.family == family)
+
+
+def test_every_family_has_at_least_100_distinct_test_prompts():
+    """So the held-out pools cannot shrink back below what an evaluation's intervals need."""
+    tasks = sample_tasks(14 * 100, "test", seed=0, distinct=True)
+    assert Counter(t.family for t in tasks) == dict.fromkeys(FAMILIES, 100)
 
 
 def test_unknown_family_and_split_errors():

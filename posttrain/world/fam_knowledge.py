@@ -166,6 +166,8 @@ class Arithmetic:
         return finish(gold, {"final_correct": final_correct, "present": present}, response, meta, stopped)
 
 
+# (question template, reason). The test half gives 110 distinct prompts (66 from one-slot templates, 44 from
+# three two-slot ones) over the slot pools below, which the corpus reads and which stay as they are.
 _UNKNOWABLE = Pool(
     train=(
         ("What number between 1 and {n} am I thinking of right now?", "I can't read your mind."),
@@ -191,6 +193,25 @@ _UNKNOWABLE = Pool(
         ("hey, what's the last thing I put in my {container}?", "I can't see your {container}."),
         ("Please predict the exact share price of {company} next week.",
          "Future share prices are not something anyone can know in advance."),
+        ("Can you tell me which number between 1 and {n} I'm thinking of?", "Only you know the number you picked."),
+        ("hey, what number from 1 to {n} am I thinking of? Thanks!", "Only you know the number you picked."),
+        ("Could you tell me what {company} stock will be worth next year?", "Nobody can predict future stock prices."),
+        ("Exactly how much profit will {company} make next quarter?",
+         "Nobody can predict a company's future earnings exactly."),
+        ("Quick q: what will {company} shares be worth tomorrow?",
+         "Future share prices are not something anyone can know in advance."),
+        ("What is my {relative} having for dinner tonight?", "I have no information about your {relative}."),
+        ("Could you tell me what my {relative} dreamed about last night?",
+         "I have no information about your {relative}."),
+        ("What is my {relative} wearing right now?", "I have no information about your {relative}."),
+        ("What is at the bottom of my {container} right now?", "I can't see your {container}."),
+        ("How much money is in my {container} at the moment?", "I can't see your {container}."),
+        ("Which number between 1 and {n} did my {relative} just write down?",
+         "Only your {relative} knows the number they wrote down."),
+        ("How many coins did my {relative} put in my {container} today?",
+         "I can't see your {container}, and I have no information about your {relative}."),
+        ("How many {company} shares did my {relative} buy this morning?",
+         "I have no information about your {relative}."),
     ),
 )
 _SLOTS = {
