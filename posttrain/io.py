@@ -62,3 +62,27 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def check_writable(path: str | os.PathLike, what: str = "output", folder: bool = False) -> None:
+    """Fail before any work when `path` cannot be written: a `UserError` naming `what` and the path.
+
+    `path` is a file to be written (its parent folders are made if needed), or with `folder` a folder to
+    write into. A probe file is created and removed there, so an unwritable place is found before a long
+    job, not after it.
+    """
+    from posttrain.errors import UserError
+
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise UserError(f"{what}: '{path}' is a folder; give a file path")
+    if folder and path.exists() and not path.is_dir():
+        raise UserError(f"{what}: '{path}' is a file; give a folder")
+    parent = path if folder else path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".posttrain-", suffix=".probe")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{what}: cannot write '{path}' ({e.strerror or type(e).__name__})") from None
