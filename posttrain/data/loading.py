@@ -64,6 +64,17 @@ def read_records(path: str, split: str = "train", *, limit: int | None = None) -
     return records
 
 
+def read_json_file(path: str) -> Any:
+    """One JSON document (a result file, not a dataset): a one-line `UserError` when it is missing, not
+    UTF-8 or not valid JSON (naming the line)."""
+    if not os.path.isfile(path):
+        raise UserError(f"no such file '{path}'")
+    try:
+        return json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise _invalid_json(path, e.lineno, e) from None
+
+
 def _looks_local(path: str) -> bool:
     """True when a missing `path` is meant as a local file rather than a hub name like `org/name`."""
     return (
@@ -167,7 +178,7 @@ def _read_parquet(path: str, limit: int | None) -> list[Record]:
     try:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for broken files
-        raise UserError(f"{path}: cannot read parquet ({_short_reason(e)})") from None
+        raise UserError(f"{path}: cannot read parquet ({short_reason(e)})") from None
     if limit is not None:
         table = table.slice(0, limit)
     return [(row, f"{path}:[{i}]") for i, row in enumerate(table.to_pylist())]
@@ -182,14 +193,14 @@ def _read_hub(name: str, split: str, limit: int | None) -> list[Record]:
     except Exception as e:  # offline, not found, bad split, missing `datasets`, ...
         raise UserError(
             f"data: '{name}' is not a local file and could not be loaded from the Hugging Face hub: "
-            f"{_short_reason(e)}"
+            f"{short_reason(e)}"
         ) from None
     if limit is not None:
         dataset = dataset.select(range(min(limit, len(dataset))))
     return [(dict(row), f"{name}[{i}]") for i, row in enumerate(dataset)]
 
 
-def _short_reason(error: Exception, width: int = 200) -> str:
+def short_reason(error: Exception, width: int = 200) -> str:
     """The first line of an exception's message, cut to `width` characters."""
     lines = str(error).strip().splitlines()
     reason = lines[0] if lines else type(error).__name__

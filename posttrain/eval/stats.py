@@ -1,0 +1,73 @@
+"""Bootstrap intervals for evaluation means: numpy only (no torch), importable alone.
+
+Percentile bootstrap of a mean. For values x_1..x_N, each of `n_boot` replicates draws N indices
+uniformly with replacement and takes the mean of those values; the interval is the (1 - level) / 2 and
+(1 + level) / 2 quantiles of the replicate means (numpy's linear interpolation), clipped to
+[min x, max x] (where every replicate mean lies anyway; the clip removes float round-off, so a constant
+vector gives exactly [c, c]).
+
+Stratified: with `strata` (one label per value), each replicate resamples every stratum s on its own,
+n_s draws from its n_s values, so every replicate keeps the stratum sizes. The replicate statistic is the
+mean of all N resampled values, sum_s (n_s / N) * mean_s*: strata weighted by their sizes, as in the
+overall mean. Only variation within strata enters the interval; the mix of strata is held fixed (as it is
+by a balanced sample of task families).
+
+Paired: for two measurements a_i, b_i of the same N items, the bootstrap runs on d_i = b_i - a_i with the
+same resampled items for both, so what the items share (some prompts are hard for every model) cancels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _groups(n: int, strata: Sequence | None) -> list[np.ndarray]:
+    if strata is None:
+        return [np.arange(n)]
+    labels = np.asarray(list(strata))
+    if len(labels) != n:
+        raise ValueError(f"strata: {len(labels)} labels for {n} values")
+    _, inverse = np.unique(labels, return_inverse=True)
+    return [np.flatnonzero(inverse == k) for k in range(int(inverse.max()) + 1)]
+
+
+def bootstrap_means(values: Sequence[float], strata: Sequence | None = None, n_boot: int = 2000,
+                    seed: int = 0) -> np.ndarray:
+    """(n_boot,) replicate means of `values` (module docstring), stratified when `strata` is given."""
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError(f"bootstrap needs a non-empty 1-d list of values, got shape {x.shape}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    totals = np.zeros(n_boot)
+    for idx in _groups(len(x), strata):
+        draws = rng.integers(0, len(idx), size=(n_boot, len(idx)))
+        totals += x[idx][draws].sum(axis=1)
+    return totals / len(x)
+
+
+def bootstrap_ci(values: Sequence[float], strata: Sequence | None = None, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """(lo, hi): the percentile bootstrap interval of the mean of `values` at `level` (module docstring);
+    with `strata`, each replicate resamples within each stratum, keeping the stratum sizes."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    means = bootstrap_means(values, strata, n_boot, seed)
+    x = np.asarray(values, dtype=float)
+    lo, hi = np.clip(np.quantile(means, [(1 - level) / 2, (1 + level) / 2]), x.min(), x.max())
+    return float(lo), float(hi)
+
+
+def paired_bootstrap(a: Sequence[float], b: Sequence[float], strata: Sequence | None = None, n_boot: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> dict:
+    """{"diff": mean(b) - mean(a), "lo", "hi"}: the difference of two measurements of the same items
+    (a[i] and b[i] belong to item i) with the percentile bootstrap interval of mean(b - a), resampling
+    items (within `strata` when given) so both measurements of an item move together."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise ValueError(f"paired_bootstrap needs two lists of the same length, got {len(x)} and {len(y)}")
+    lo, hi = bootstrap_ci(y - x, strata, n_boot, seed, level)
+    return {"diff": float(y.mean() - x.mean()), "lo": lo, "hi": hi}
