@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import ast
+import copy
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
+
+from posttrain.cli import main
+from posttrain.data import formats
 from posttrain.data.check import check, highlight
-from posttrain.data.formats import to_example
+from posttrain.data.formats import load_examples, to_example
 from posttrain.data.render import Renderer
 
 
-def test_report_counts(tok, model_dir, tmp_path):
+def test_report_counts(tok, tmp_path):
     rows = [
         {"messages": [{"role": "user", "content": "What is 2 + 2?"}, {"role": "assistant", "content": "4."}]},
         {"messages": [{"role": "user", "content": "Hi"}]},  # no assistant turn: dropped
@@ -21,8 +28,8 @@ def test_report_counts(tok, model_dir, tmp_path):
     ]
     f = tmp_path / "d.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    rep = check(str(f), model=str(model_dir), max_seq_len=32)
-    assert rep["format"] == "messages" and rep["examples"] == 4
+    rep = check(str(f), *load_examples(str(f)), tok, "the test tokenizer", max_seq_len=32)
+    assert rep["format"] == "messages" and rep["examples"] == 4 and rep["tokenizer"] == "the test tokenizer"
     assert rep["kept"] == 2 and rep["dropped"] == 2 and rep["truncated"] == 1
     assert rep["dropped_reasons"] == {"no assistant turn": 1, "truncated: no response token left": 1}
     renderer = Renderer(tok, 32)
@@ -54,3 +61,106 @@ def test_cli_json_and_errors(model_dir, chat_file, tmp_path):
     p = subprocess.run([sys.executable, "-m", "posttrain", "data", "check", str(missing)], capture_output=True,
                        text=True, env=env, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "m.jsonl:1" in p.stderr, p.stderr
+
+
+def data_check(capsys, *args) -> tuple[int, str, str]:
+    """`posttrain data check ARGS` in this process: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as e:
+        main(["data", "check", *map(str, args)])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def write(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_text_rows_with_and_without_model(model_dir, tmp_path, capsys, monkeypatch):
+    """Rendered as `<bos> text <eos>`, all trained but the BOS; the file is read once, with or without --model.
+    With the test tokenizer: 8 + 5 tokens, 7 + 4 trained (tests/test_render.py spells out the ids)."""
+    loads = []
+
+    def counting(path, *args, **kwargs):
+        loads.append(path)
+        return load_examples(path, *args, **kwargs)
+
+    monkeypatch.setattr(formats, "load_examples", counting)
+    f = write(tmp_path / "text.jsonl", [{"text": "The river is silver."}, {"text": "The river"}])
+    code, out, err = data_check(capsys, f, "--model", model_dir)
+    assert (code, err, loads) == (0, "", [str(f)])
+    assert f"tokenizer   {model_dir}\n" in out and "(format: text)" in out
+    assert "trained     11 of 13 tokens (84.6%)" in out
+    assert f"--- {f}:1  ([[trained]] not trained)\n<|bos|>[[The river is silver.<|eos|>]]\n" in out
+    loads.clear()
+    code, out, err = data_check(capsys, f)
+    assert (code, err, loads) == (0, "", [str(f)])
+    assert "tokenizer   stand-in BPE trained on this file\n" in out
+    assert f"--- {f}:2  ([[trained]] not trained)\n<|bos|>[[The river<|eos|>]]\n" in out
+
+
+# Llama-2 / Mistral style: roles must alternate starting with the user.
+STRICT = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+          "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}{% endfor %}")
+
+
+def test_leading_assistant_turn_and_a_template_that_refuses_it(tok, model_dir, tmp_path, capsys):
+    from posttrain.models.tokenizer import POSTTRAIN_TEMPLATE
+
+    f = write(tmp_path / "chat.jsonl", [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "yo"}]},
+        {"messages": [{"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Hi"},
+                      {"role": "assistant", "content": "yo"}]},
+    ])
+    code, out, err = data_check(capsys, f, "--model", model_dir)
+    assert (code, err) == (0, "")
+    assert "<|bos|><|assistant|>A:[[ Hello.<|eos|>]]<|user|>Q: Hi<|end|><|assistant|>A:[[ yo<|eos|>]]" in out
+    strict = copy.deepcopy(tok)
+    strict.chat_template = STRICT + POSTTRAIN_TEMPLATE
+    strict.save_pretrained(tmp_path / "strict")
+    code, out, err = data_check(capsys, f, "--model", tmp_path / "strict")
+    assert (code, out) == (2, "")
+    assert err == f"error: {f}:2: the chat template rejects this conversation: " \
+        "Conversation roles must alternate user/assistant\n"
+
+
+def test_no_usable_example_fails_after_the_report(tmp_path, capsys):
+    hi = {"role": "user", "content": "Hi"}
+    f = write(tmp_path / "d.jsonl", [
+        {"messages": [hi]},
+        {"messages": [hi, {"role": "assistant", "content": ""}]},
+        {"messages": [hi, {"role": "assistant", "content": "  "}]},
+    ])
+    error = f"error: {f}: no example is usable (1 no assistant turn, 2 empty assistant turn)\n"
+    code, out, err = data_check(capsys, f)
+    assert (code, err) == (2, error)
+    assert "examples    3  kept 0  dropped 3\n              1 no assistant turn\n              2 empty assistant turn\n" in out
+    code, out, err = data_check(capsys, f, "--json")
+    assert (code, err) == (2, error)
+    rep = json.loads(out)
+    assert (rep["kept"], rep["dropped_reasons"]) == (0, {"no assistant turn": 1, "empty assistant turn": 2})
+
+
+def test_bad_numbers_are_refused_before_any_work(model_dir, chat_file, tmp_path, capsys):
+    missing = tmp_path / "missing.jsonl"  # never read: the option is checked first
+    assert data_check(capsys, missing, "--max-seq-len", "0") == (
+        2, "", "error: data check: --max-seq-len must be at least 1, got 0\n")
+    assert data_check(capsys, missing, "--show", "-1") == (2, "", "error: data check: --show must be 0 or more, got -1\n")
+    code, out, err = data_check(capsys, chat_file, "--model", model_dir, "--show", "0")  # 0: show none
+    assert (code, err) == (0, "") and "kept 48" in out and "\n--- " not in out
+    code, out, err = data_check(capsys, chat_file, "--model", model_dir, "--max-seq-len", "1")
+    assert (code, err) == (2, f"error: {chat_file}: no example is usable (48 truncated: no response token left)\n")
+
+
+def test_data_never_imports_models():
+    """Imports run one way (data -> models): the data doctor gets its tokenizer from its caller."""
+    data = Path(__file__).parents[1] / "posttrain" / "data"
+    imported = set()
+    for py in data.glob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add((py.name, node.module))
+            elif isinstance(node, ast.Import):
+                imported |= {(py.name, a.name) for a in node.names}
+    assert ("check.py", "posttrain.data.render") in imported  # the walk sees the imports
+    assert [(f, m) for f, m in imported if m.startswith(("posttrain.models", "posttrain.recipes"))] == []

@@ -160,10 +160,11 @@ def test_unpaired_labels(label, expected):
     assert convert(record) == Unpaired([Message(U, "q")], [Message(A, "a")], expected, "d.jsonl:1")
 
 
-def test_text_is_one_assistant_message():
-    assert convert({"text": "Once upon a time."}) == Conversation(
-        [Message(A, "Once upon a time.")], "d.jsonl:1"
-    )
+def test_text_is_a_document_not_a_chat():
+    """`text` rows are plain language-model data: marked `document`, so the renderer skips the chat template."""
+    example = convert({"text": "Once upon a time."})
+    assert example == Conversation([Message(A, "Once upon a time.")], "d.jsonl:1", document=True)
+    assert example.document and not convert({"prompt": "q", "completion": "a"}).document
 
 
 def test_conversation_without_assistant_turn_is_not_an_error():
@@ -266,7 +267,8 @@ def test_hub_dataset_records_and_provenance(monkeypatch):
     assert calls == [("org/name", "test")]
     assert (fmt, examples) == (
         "text",
-        [Conversation([Message(A, "a")], "org/name[0]"), Conversation([Message(A, "b")], "org/name[1]")],
+        [Conversation([Message(A, "a")], "org/name[0]", document=True),
+         Conversation([Message(A, "b")], "org/name[1]", document=True)],
     )
 
 
@@ -431,6 +433,47 @@ def test_unknown_format_name_suggests_the_closest(tmp_path):
 )  # fmt: skip
 def test_field_errors(record, fmt, message):
     assert error(to_example, record, fmt, "data.jsonl:4") == message
+
+
+@pytest.mark.parametrize(
+    "record, fmt, message",
+    [
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]}, "messages",
+         "field 'messages[1].content' is null (expected a string)"),
+        ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant"}]}, "messages",
+         "field 'messages[1].content' is missing"),
+        ({"messages": [{"role": None, "content": "q"}]}, "messages", "field 'messages[0].role' is null (expected a string)"),
+        ({"conversations": [{"from": "human", "value": None}]}, "sharegpt",
+         "field 'conversations[0].value' is null (expected a string)"),
+        ({"messages": [{"role": "user", "content": [{"type": "text", "text": None}]}]}, "messages",
+         "field 'messages[0].content[0].text' is null (expected a string)"),
+        ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages",
+         "field 'messages[0].content[0].text' is missing"),
+        ({"instruction": "a", "output": None}, "alpaca", "field 'output' is null (expected a string, format alpaca)"),
+        ({"instruction": "a"}, "alpaca", "field 'output' is missing (format alpaca)"),
+        ({"messages": None}, "messages", "field 'messages' is null (expected a list of messages, format messages)"),
+        ({"text": None}, "text", "field 'text' is null (expected a string, format text)"),
+        ({"prompt": None, "completion": "a"}, "prompt_completion",
+         "field 'prompt' is null (expected a string or a list of messages, format prompt_completion)"),
+        ({"prompt": "q", "completion": "a", "label": None}, "unpaired",
+         "field 'label' is null (expected true/false, format unpaired)"),
+    ],
+)  # fmt: skip
+def test_null_is_reported_as_null_and_absent_as_missing(record, fmt, message):
+    assert error(to_example, record, fmt, "data.jsonl:2") == "data.jsonl:2: " + message
+
+
+def test_null_field_in_a_file(tmp_path):
+    """Line 2's content is null. A first record whose only key is null is still detected (as text), so its
+    error is the null field, not "cannot detect the format from keys [text]"."""
+    ok = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+    null = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": None}]}
+    path = write_jsonl(tmp_path / "chat.jsonl", [ok, null])
+    assert error(load_examples, path) == f"{path}:2: field 'messages[1].content' is null (expected a string)"
+    text = write_jsonl(tmp_path / "text.jsonl", [{"text": None}])
+    assert error(load_examples, text) == f"{text}:1: field 'text' is null (expected a string, format text)"
+    assert detect_format({"instruction": "x", "output": None}, "x") == "alpaca"
+    assert detect_format({"text": "x", "messages": None}, "x") == "text"  # non-null keys still decide first
 
 
 def test_field_error_in_a_file_names_its_line(tmp_path):

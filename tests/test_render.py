@@ -8,7 +8,7 @@ import pytest
 import torch
 from tokenizers import processors
 
-from posttrain.data.collate import pad_batch
+from posttrain.data.collate import packed_batch, pad_batch
 from posttrain.data.render import IGNORE, Renderer, render_all
 from posttrain.data.types import Conversation, Message
 from posttrain.errors import UserError
@@ -181,3 +181,107 @@ def test_labels_tensor_roundtrip(tok):
     r = Renderer(tok).render(CHAT)
     batch = pad_batch([r], tok.pad_token_id)
     assert torch.equal(batch["labels"][0], torch.tensor(r.labels))
+
+
+# --- text documents, leading assistant turns, templates that refuse, empty turns ----------------
+
+
+def test_text_row_is_bos_text_eos_without_the_template(tok):
+    """`{"text": ...}` is plain LM data: `<bos> text <eos>`, no role markers, every token after the first trained
+    (the first has nothing before it to predict it), as pretraining's `tokenize_documents` writes a document."""
+    from posttrain.data.formats import to_example
+
+    r = Renderer(tok).render(to_example({"text": "The river is silver."}, "text", "d.jsonl:1"))
+    assert tok.convert_ids_to_tokens(r.input_ids) == [
+        "<|bos|>", "T", "he", "Ġriver", "Ġis", "Ġsilver", ".", "<|eos|>"]
+    assert r.input_ids == [1, 58, 281, 372, 276, 361, 20, 2]  # bos 1, eos 2 in the test tokenizer
+    assert r.labels == [IGNORE, 58, 281, 372, 276, 361, 20, 2]
+    assert r.n_trained == 7 and not r.truncated
+    no_bos = copy.deepcopy(tok)
+    no_bos.bos_token = None  # a tokenizer without BOS (Qwen-style): the text, then EOS
+    r = Renderer(no_bos).render(Conversation([Message("assistant", "The river")], document=True))
+    assert (r.input_ids, r.labels) == ([58, 281, 372, 2], [IGNORE, 281, 372, 2])
+
+
+def test_text_rows_truncate_drop_and_pack_like_other_examples(tok):
+    r = Renderer(tok, max_seq_len=5)
+    doc = Conversation([Message("assistant", "The river is silver.")], document=True)
+    empty = Conversation([Message("assistant", " \n")], document=True)
+    rows, stats = render_all([doc, empty], r)
+    assert (rows[0].input_ids, rows[0].labels) == ([1, 58, 281, 372, 276], [IGNORE, 58, 281, 372, 276])
+    assert stats.kept == 1 and stats.truncated == 1 and stats.dropped == {"empty text": 1}
+    full = Renderer(tok).render(doc)
+    chat = Renderer(tok).render(CHAT)
+    packed = packed_batch([[full, chat]], tok.pad_token_id)
+    assert packed["labels"][0].tolist() == [IGNORE] + full.labels[1:] + [IGNORE] + chat.labels[1:]
+    assert packed["position_ids"][0].tolist() == list(range(8)) + list(range(len(chat.input_ids)))
+
+
+def test_text_rows_through_sft_build_data(tok, tmp_path):
+    from posttrain.recipes.sft import SFTConfig, build_data
+
+    path = tmp_path / "text.jsonl"
+    path.write_text('{"text": "The river is silver."}\n{"text": "The river"}\n')
+    cfg = SFTConfig()
+    cfg.data.path, cfg.data.max_seq_len = str(path), 16
+    rows, units, _, _, stats, _ = build_data(cfg, tok, log=lambda *a: None)
+    assert [r.input_ids for r in rows] == [[1, 58, 281, 372, 276, 361, 20, 2], [1, 58, 281, 372, 2]]
+    assert stats.kept == 2 and stats.trained_tokens == 7 + 4 and units == [[0, 1]]
+
+
+def test_chat_opening_with_an_assistant_turn(tok):
+    """The prompt before a leading assistant turn is what the template writes for an empty conversation
+    with the generation prompt (posttrain's: `<|bos|><|assistant|>A:`)."""
+    from posttrain.models.tokenizer import DEFAULT_TEMPLATE
+
+    conv = Conversation(CHAT.messages[2:], where="chat.jsonl:3")
+    r = Renderer(tok).render(conv)
+    assert (r.input_ids, r.labels) == expected(tok, [
+        ("<|bos|><|assistant|>A:", False),
+        (" Hello!<|eos|>", True),
+        ("<|user|>Q: Add 2 and 3<|end|><|assistant|>A:", False),
+        (" 5<|eos|>", True),
+    ])
+    plain = copy.deepcopy(tok)
+    plain.chat_template = DEFAULT_TEMPLATE
+    r = Renderer(plain).render(conv)
+    assert (r.input_ids, r.labels) == expected(plain, [
+        ("Assistant:", False), (" Hello!<|eos|>", True),
+        ("\n\nUser: Add 2 and 3\n\nAssistant:", False), (" 5<|eos|>", True), ("\n\n", False),
+    ])
+
+
+# Llama-2 / Mistral style: roles must alternate starting with the user.
+STRICT = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+          "{{ raise_exception('Conversation roles must alternate user/assistant') }}{% endif %}{% endfor %}")
+
+
+def test_template_that_refuses_a_conversation_is_one_line_naming_the_example(tok):
+    from posttrain.models.tokenizer import POSTTRAIN_TEMPLATE
+
+    strict = copy.deepcopy(tok)
+    strict.chat_template = STRICT + POSTTRAIN_TEMPLATE
+    r = Renderer(strict)
+    assert r.render(Conversation(CHAT.messages[1:])).input_ids == Renderer(tok).render(
+        Conversation(CHAT.messages[1:])).input_ids  # alternating chats render as before
+    with pytest.raises(UserError) as e:
+        render_all([Conversation(CHAT.messages[1:]), Conversation(CHAT.messages[2:], where="chat.jsonl:3")], r)
+    assert str(e.value) == (
+        "chat.jsonl:3: the chat template rejects this conversation: Conversation roles must alternate user/assistant")
+    broken = copy.deepcopy(tok)
+    broken.chat_template = "{% for m in messages %}{{ m['content'] + 1 }}{% endfor %}"  # any exception, not only jinja's
+    with pytest.raises(UserError) as e:
+        Renderer(broken).render(Conversation(CHAT.messages[1:3], where="chat.jsonl:7"))
+    assert str(e.value) == (
+        'chat.jsonl:7: the chat template rejects this conversation: can only concatenate str (not "int") to str')
+
+
+def test_empty_assistant_turns_are_dropped_and_counted(tok):
+    """An empty turn would train only its stop token: the model would learn to answer nothing."""
+    hi = Message("user", "Hi")
+    empty = Conversation([hi, Message("assistant", "")])
+    blank = Conversation([hi, Message("assistant", " \n\t")])
+    middle = Conversation([hi, Message("assistant", ""), Message("user", "Add 2 and 3"), Message("assistant", "5")])
+    rows, stats = render_all([empty, blank, middle, CHAT, Conversation([hi])], Renderer(tok))
+    assert stats.dropped == {"empty assistant turn": 3, "no assistant turn": 1}
+    assert stats.kept == 1 and rows[0].input_ids == Renderer(tok).render(CHAT).input_ids

@@ -2,7 +2,9 @@
 
 Reports the detected format, example count, token-length percentiles, truncated and dropped examples
 with reasons, trained-token totals, and renders examples with trained tokens highlighted (green in a
-terminal, `[[...]]` elsewhere) and the prompt greyed.
+terminal, `[[...]]` elsewhere) and the prompt greyed. A file with no usable example is an error, after the
+report. The caller loads the file and brings the tokenizer (`data/` never imports `posttrain.models`):
+the CLI loads `--model`'s, or trains a stand-in on the file's text (`models.tiny.stand_in_tokenizer`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import json
 import sys
 
-from posttrain.data.formats import load_examples
+from transformers import PreTrainedTokenizerBase
+
+from posttrain.data.formats import Example
 from posttrain.data.render import IGNORE, Renderer, render_all
 from posttrain.data.types import Conversation, Preference, Unpaired
+from posttrain.errors import UserError
 
 GREEN, GREY, RESET = "\033[1;32m", "\033[2m", "\033[0m"
 
@@ -58,26 +63,18 @@ def _mark(text: str, trained: bool, color: bool) -> str:
     return f"[[{text}]]" if trained else text
 
 
-def check(path: str, model: str | None = None, fmt: str = "auto", max_seq_len: int = 1024, show: int = 2) -> dict:
-    """Compute the report (see module docstring) as a dict; `rendered` holds the shown examples' tokens."""
-    fmt, examples = load_examples(path, fmt)
+def check(path: str, fmt: str, examples: list[Example], tokenizer: PreTrainedTokenizerBase, tokenizer_name: str,
+          max_seq_len: int = 1024, show: int = 2) -> dict:
+    """The report (see module docstring) as a dict on `examples` of format `fmt` loaded from `path`, rendered
+    with `tokenizer` (shown as `tokenizer_name`); `rendered` holds the first `show` kept examples' tokens."""
     convs = as_conversations(examples)
-    if model:
-        from posttrain.models.load import load_tokenizer
-
-        tok, tok_name = load_tokenizer(model), model
-    else:
-        from posttrain.models.tiny import example_texts
-        from posttrain.models.tokenizer import train_tokenizer
-
-        tok, tok_name = train_tokenizer(example_texts(examples[:5000]), vocab_size=4096), "stand-in BPE trained on this file"
-    renderer = Renderer(tok, max_seq_len)
+    renderer = Renderer(tokenizer, max_seq_len)
     rows, stats = render_all(convs, renderer)
     lengths = [len(r.input_ids) for r in rows]
     return {
         "file": path,
         "format": fmt,
-        "tokenizer": tok_name,
+        "tokenizer": tokenizer_name,
         "examples": len(examples),
         "kept": stats.kept,
         "dropped": sum(stats.dropped.values()),
@@ -88,8 +85,7 @@ def check(path: str, model: str | None = None, fmt: str = "auto", max_seq_len: i
         "total_tokens": stats.total_tokens,
         "trained_fraction": round(stats.trained_tokens / max(1, stats.total_tokens), 4),
         "length": {f"p{q}": percentile(lengths, q) for q in (50, 90, 99)} | {"max": max(lengths, default=0)},
-        "rendered": _first_rendered(convs, renderer, show),
-        "_tokenizer": tok,
+        "rendered": _first_rendered(convs, renderer, min(show, stats.kept)),
     }
 
 
@@ -104,13 +100,23 @@ def _first_rendered(convs: list[Conversation], renderer: Renderer, n: int) -> li
     return shown
 
 
-def run_check(path: str, model: str | None, fmt: str, max_seq_len: int, as_json: bool, show: int) -> int:
-    report = check(path, model, fmt, max_seq_len, show)
-    tok = report.pop("_tokenizer")
+def run_check(path: str, fmt: str, examples: list[Example], tokenizer: PreTrainedTokenizerBase,
+              tokenizer_name: str, max_seq_len: int = 1024, as_json: bool = False, show: int = 2) -> int:
+    """Print the report (text, or JSON with `as_json`); then a `UserError` when no example is usable."""
+    report = check(path, fmt, examples, tokenizer, tokenizer_name, max_seq_len, show)
     if as_json:
-        report = {k: v for k, v in report.items() if k != "rendered"}
-        print(json.dumps(report, indent=2))
-        return 0
+        print(json.dumps({k: v for k, v in report.items() if k != "rendered"}, indent=2))
+    else:
+        _print_report(report, tokenizer)
+    if report["kept"] == 0:
+        sys.stdout.flush()  # the report first, then the error line
+        reasons = ", ".join(f"{n} {why}" for why, n in report["dropped_reasons"].items())
+        raise UserError(f"{path}: no example is usable ({reasons})")
+    return 0
+
+
+def _print_report(report: dict, tok: PreTrainedTokenizerBase) -> None:
+    max_seq_len = report["max_seq_len"]
     color = sys.stdout.isatty()
     print(f"file        {report['file']}  (format: {report['format']})")
     print(f"tokenizer   {report['tokenizer']}")
@@ -124,4 +130,3 @@ def run_check(path: str, model: str | None, fmt: str, max_seq_len: int, as_json:
     for ex in report["rendered"]:
         print(f"\n--- {ex['where']}  ({legend})")
         print(highlight(tok, ex["input_ids"], ex["labels"], color))
-    return 0

@@ -4,14 +4,16 @@ Formats (`FORMATS`) and what they become:
 
 - `messages` (`{"messages": [{"role", "content"}]}`), `sharegpt` (`{"conversations": [{"from",
   "value"}]}`), `alpaca` (`instruction`, optional `input` and `system`, `output`),
-  `prompt_completion` and `text` become a `Conversation`;
+  `prompt_completion` become a `Conversation`; `text` becomes a `Conversation` marked `document`
+  (plain language-model data, rendered without the chat template);
 - `preference` (`prompt`/`chosen`/`rejected`, or HH-RLHF transcripts with no `prompt`) becomes a
   `Preference`;
 - `unpaired` (`prompt`/`completion`/`label`, as KTO uses) becomes an `Unpaired`.
 
 Detection looks at the keys of the first record; records with `chosen`/`rejected` are preference
 data even when they also carry a `messages` list (as UltraFeedback-binarized does).
-A conversation without an assistant turn is not an error here: the renderer drops and counts it.
+A conversation without an assistant turn, or with an empty one, is not an error here: the renderer drops
+and counts it. A field that is absent "is missing"; one that holds null "is null".
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ _HH_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
 
 
 def detect_format(record: dict, where: str) -> str:
-    """The format of `record` from its keys (keys holding null do not count)."""
-    keys = {key for key, value in record.items() if value is not None}
-    for fmt, needs in _DETECTION:
-        if keys.issuperset(needs):
-            return fmt
+    """The format of `record` from its keys. Keys holding null count only when nothing matches without
+    them, so that `{"text": null}` is text whose field is null (the conversion says so), not undetectable."""
+    present = {key for key, value in record.items() if value is not None}
+    for keys in (present, set(record)):
+        for fmt, needs in _DETECTION:
+            if keys.issuperset(needs):
+                return fmt
     needs_by_format = dict(_DETECTION)  # the last (fewest keys) entry per format
     tried = ", ".join(f"{fmt} (needs {', '.join(repr(n) for n in needs_by_format[fmt])})" for fmt in FORMATS)
     raise UserError(
@@ -58,8 +62,8 @@ def detect_format(record: dict, where: str) -> str:
 def to_example(record: dict, fmt: str, where: str) -> Example:
     """Convert one record of format `fmt` (one of `FORMATS`); `where` is its provenance.
 
-    `text` records become a `Conversation` holding one assistant message with the raw text, so that
-    plain language-model training (every token trained) goes through the same renderer and loss mask.
+    `text` records become a `Conversation` with `document=True` holding the raw text as its one message
+    (role assistant: every token is trained); the renderer writes it without the chat template.
     """
     if fmt == "messages":
         return Conversation(_messages(_field(record, "messages", fmt, where), "messages", where), where)
@@ -78,9 +82,8 @@ def to_example(record: dict, fmt: str, where: str) -> Example:
         completion = _turns(record, "completion", "assistant", fmt, where)
         return Unpaired(prompt, completion, _label(_field(record, "label", fmt, where), where), where)
     if fmt == "text":
-        return Conversation(
-            [Message("assistant", _string(_field(record, "text", fmt, where), "text", where))], where
-        )
+        text = _string(_field(record, "text", fmt, where), "text", where)
+        return Conversation([Message("assistant", text)], where, document=True)
     raise UserError(
         f"data: unknown format '{fmt}'; choose one of {', '.join(FORMATS)}{did_you_mean(fmt, FORMATS)}"
     )
@@ -107,15 +110,32 @@ def load_examples(
     return fmt, [to_example(record, fmt, where) for record, where in records]
 
 
+# What a top-level field holds, for the error on a null one.
+_EXPECTED = {
+    "messages": "a list of messages",
+    "conversations": "a list of messages",
+    "prompt": "a string or a list of messages",
+    "completion": "a string or a list of messages",
+    "chosen": "a string or a list of messages",
+    "rejected": "a string or a list of messages",
+    "label": "true/false",
+}
+
+
 def _field(record: dict, name: str, fmt: str, where: str) -> Any:
-    """`record[name]`, or a `UserError` when it is missing or null."""
-    value = record.get(name)
-    if value is None:
+    """`record[name]`, or a `UserError` saying it is missing (absent) or null."""
+    if name not in record:
         raise UserError(f"{where}: field '{name}' is missing (format {fmt})")
+    value = record[name]
+    if value is None:
+        expected = _EXPECTED.get(name, "a string")
+        raise UserError(f"{where}: field '{name}' is null (expected {expected}, format {fmt})")
     return value
 
 
 def _string(value: Any, name: str, where: str) -> str:
+    if value is None:
+        raise UserError(f"{where}: field '{name}' is null (expected a string)")
     if not isinstance(value, str):
         raise UserError(f"{where}: field '{name}' must be a string, got {json_type_name(value)}")
     return value
@@ -128,7 +148,9 @@ def _content(value: Any, name: str, where: str) -> str:
     texts = []
     for i, part in enumerate(value):
         if isinstance(part, dict) and part.get("type", "text") == "text":
-            texts.append(_string(part.get("text"), f"{name}[{i}].text", where))
+            if "text" not in part:
+                raise UserError(f"{where}: field '{name}[{i}].text' is missing")
+            texts.append(_string(part["text"], f"{name}[{i}].text", where))
         else:
             kind = part.get("type") if isinstance(part, dict) else json_type_name(part)
             raise UserError(f"{where}: field '{name}[{i}]' is a {kind!r} part; only text parts are supported")
@@ -163,8 +185,10 @@ def _messages(
         if role_key not in item:
             role_key, content_key = ("from", "value") if "from" in item else ("role", "content")
         for key in (role_key, content_key):
-            if item.get(key) is None:
+            if key not in item:
                 raise UserError(f"{where}: field '{item_name}.{key}' is missing")
+            if item[key] is None:
+                raise UserError(f"{where}: field '{item_name}.{key}' is null (expected a string)")
         role = _role(item[role_key], f"{item_name}.{role_key}", where)
         messages.append(Message(role, _content(item[content_key], f"{item_name}.{content_key}", where)))
     return messages

@@ -9,11 +9,20 @@ How: the chat template is rendered at every assistant turn twice, with the gener
 on its own and the ids concatenated, so the prompt tokens are exactly those the model sees at
 generation time (tokenising the prompt alone), and no token straddles a prompt/response boundary.
 
+A document (`Conversation.document`, the `text` format) is plain language-model data: no chat template,
+`<bos> text <eos>` (BOS when the tokenizer has one), every token after the first trained, as pretraining
+tokenises a document.
+
 Guards against the failure modes other toolkits hit:
 - the assistant turn's stop token is trained (found in the template, else EOS is appended);
 - padding is masked by length in the collator, never by id, so EOS == pad cannot mask the stop token;
 - a BOS already written by the template is not doubled by the tokenizer;
-- an example with no assistant turn, or whose response truncation removed entirely, is dropped and counted;
+- an example with no assistant turn, an empty (or whitespace-only) assistant turn or document, or whose
+  response truncation removed entirely, is dropped and counted (an empty turn would train only the stop
+  token: answering nothing);
+- a chat may open with an assistant turn (the prompt before it is what the template writes for an empty
+  conversation); a template that refuses a conversation (e.g. `raise_exception('Conversation roles must
+  alternate ...')`) gives a one-line error naming the example;
 - a template that leaves nothing masked although the example has a prompt is an error.
 """
 
@@ -23,7 +32,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
+from transformers.utils.chat_template_utils import render_jinja_template
 
+from posttrain.data.loading import short_reason
 from posttrain.data.types import Conversation, Message
 from posttrain.errors import UserError
 
@@ -74,7 +85,24 @@ class Renderer:
         self._tokenizer_adds_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
 
     def template(self, messages: list[Message], generation_prompt: bool) -> str:
+        # apply_chat_template refuses an empty conversation; its render is the prompt of a leading assistant turn
+        if not messages:
+            rendered, _ = render_jinja_template(
+                [[]], chat_template=self.tok.get_chat_template(), add_generation_prompt=generation_prompt,
+                **self.tok.special_tokens_map,
+            )
+            return rendered[0]
         return self.tok.apply_chat_template(_as_dicts(messages), tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _example_template(self, conv: Conversation, messages: list[Message], generation_prompt: bool) -> str:
+        """`template`, with whatever the chat template raises (jinja's `raise_exception`, a bad index, ...)
+        turned into one line naming the example: the data does not fit the template."""
+        try:
+            return self.template(messages, generation_prompt)
+        except Exception as e:  # a template is user code: any exception it raises is about this input
+            raise UserError(
+                f"{conv.where or 'data'}: the chat template rejects this conversation: {short_reason(e)}"
+            ) from e
 
     def _ids(self, text: str) -> list[int]:
         return self.tok(text, add_special_tokens=False).input_ids if text else []
@@ -100,8 +128,8 @@ class Renderer:
         for i, m in enumerate(msgs):
             if m.role != "assistant":
                 continue
-            head = self.template(msgs[:i], True) if i else self.template([], True)
-            full = self.template(msgs[: i + 1], False)
+            head = self._example_template(conv, msgs[:i], True)
+            full = self._example_template(conv, msgs[: i + 1], False)
             if not head.startswith(done) or not full.startswith(head):
                 raise UserError(
                     f"{conv.where or 'data'}: the chat template does not render turn by turn as a prefix "
@@ -110,14 +138,18 @@ class Renderer:
             trained, tail = self._split_stop(full[len(head):], m.content)
             out += [(head[len(done):], False), (trained, True), (tail, False)]
             done = full
-        rest = self.template(msgs, False)[len(done):] if done else ""
+        rest = self._example_template(conv, msgs, False)[len(done):] if done else ""
         out.append((rest, False))
         return [(t, trained) for t, trained in out if t]
 
     def render(self, conv: Conversation) -> Rendered | str:
         """Tokenise `conv`; returns the reason string instead when the example must be dropped."""
+        if conv.document:
+            return self._render_document(conv)
         if not any(m.role == "assistant" for m in conv.messages):
             return "no assistant turn"
+        if any(m.role == "assistant" and not m.content.strip() for m in conv.messages):
+            return "empty assistant turn"
         ids: list[int] = []
         labels: list[int] = []
         for text, trained in self.pieces(conv):
@@ -133,6 +165,18 @@ class Renderer:
         if all(x != IGNORE for x in labels) and any(m.role != "assistant" for m in conv.messages):
             raise UserError(f"{conv.where or 'data'}: every token is trained although the example has a prompt; "
                             "the chat template's assistant turns could not be located")
+        return self._truncate(ids, labels)
+
+    def _render_document(self, conv: Conversation) -> Rendered | str:
+        """`<bos> text <eos>` without the chat template; every token after the first is trained."""
+        text = "".join(m.content for m in conv.messages)
+        if not text.strip():
+            return "empty text"
+        bos = self.tok.bos_token_id
+        ids = ([bos] if bos is not None else []) + self._ids(text) + [self.tok.eos_token_id]
+        return self._truncate(ids, [IGNORE] + ids[1:])  # the first token is context only
+
+    def _truncate(self, ids: list[int], labels: list[int]) -> Rendered | str:
         truncated = len(ids) > self.max_seq_len
         ids, labels = ids[: self.max_seq_len], labels[: self.max_seq_len]
         out = Rendered(ids, labels, truncated)

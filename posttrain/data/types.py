@@ -22,10 +22,15 @@ class Message:
 
 @dataclass
 class Conversation:
-    """A chat: optional system turn, then user/assistant turns. Every assistant turn is trained."""
+    """A chat: optional system turn, then user/assistant turns. Every assistant turn is trained.
+
+    `document=True` marks plain language-model data (the `text` format), not a chat: `messages` holds one
+    message with the raw text, rendered without the chat template (BOS, the text, EOS), every token trained.
+    """
 
     messages: list[Message]
     where: str = ""  # provenance for error messages, e.g. "data.jsonl:12"
+    document: bool = False
 
 
 @dataclass

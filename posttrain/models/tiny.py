@@ -52,6 +52,14 @@ def example_texts(examples) -> list[str]:
     return out
 
 
+def stand_in_tokenizer(examples, limit: int = 5000, vocab_size: int = 4096) -> PreTrainedTokenizerBase:
+    """A byte-level BPE tokenizer (posttrain's chat template) trained on the text of the first `limit`
+    examples: what `posttrain data check` renders with when no `--model` is given."""
+    from posttrain.models.tokenizer import train_tokenizer
+
+    return train_tokenizer(example_texts(examples[:limit]), vocab_size=vocab_size)
+
+
 def build_tiny(arch: str, data_path: str, out_dir: str, vocab_size: int = 2048, seed: int = 0, **size: int) -> None:
     """Train a BPE tokenizer on a data file's text and save it with a seeded random-init `arch` model."""
     from posttrain.data.formats import load_examples
