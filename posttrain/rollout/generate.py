@@ -1,4 +1,5 @@
-"""Sampling: chat-templated, batched (left-padded), greedy or temperature/top-p, stops at the turn's end.
+"""Sampling: chat-templated, batched (left-padded), greedy or temperature/top-p, stops at the turn's end;
+`n` samples per prompt and, opt-in, each sampled token's log-probability (what PPO/GRPO ratios need).
 
 Every later stage (evaluation, preference collection, PPO/GRPO rollouts) samples through `generate`,
 so a prompt is tokenised exactly as `Renderer` tokenises it for training.
@@ -14,6 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from posttrain.data.render import Renderer
 from posttrain.data.types import Message
+from posttrain.errors import UserError
 
 
 def chat_prompt(user: str, system: str = "") -> list[Message]:
@@ -32,14 +34,31 @@ def generate(
     seed: int = 0,
     raw: bool = False,
     progress: str = "",
+    n: int = 1,
+    return_logprobs: bool = False,
 ) -> list[dict]:
-    """Complete each prompt. A prompt is a message list (chat template applied) or, with `raw`, plain text.
-    A non-empty `progress` shows a progress bar over the prompts with that label.
+    """Complete each prompt `n` times. A prompt is a message list (chat template applied) or, with `raw`, plain
+    text. A non-empty `progress` shows a progress bar over the samples with that label.
 
-    Returns one dict per prompt: `text` (decoded response without the stop token and without the text the
-    chat template writes before every response, such as the space of "A: {content}"), `ids` (response token ids),
-    `stopped` (whether it ended with a stop token rather than running out of tokens).
+    Returns `len(prompts) * n` dicts, prompt-major (all samples of prompt 0, then prompt 1, ...), each with:
+    `text` (decoded response without the stop token and without the text the chat template writes before every
+    response, such as the space of "A: {content}"), `ids` (response token ids without the stop token),
+    `stopped` (whether it ended with a stop token rather than running out of tokens), `token_ids` (`ids` plus
+    the stop token when `stopped`), `prompt_ids` (the prompt's token ids as fed to the model, unpadded),
+    `prompt_index`, `sample_index`; with `return_logprobs`, `logprobs`: one float per entry of `token_ids`, the
+    token's log-probability under the model at temperature 1 before top-p (log_softmax of the raw logits),
+    whatever `temperature` and `top_p` sampled it. The sampled tokens do not depend on `return_logprobs`.
     """
+    if n < 1:
+        raise UserError(f"generate: n must be >= 1, got {n}")
+    if max_new_tokens < 1:
+        raise UserError(f"generate: max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise UserError(f"generate: batch_size must be >= 1, got {batch_size}")
+    if temperature < 0:
+        raise UserError(f"generate: temperature must be >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise UserError(f"generate: top_p must be in (0, 1], got {top_p}")
     renderer = Renderer(tokenizer, max_seq_len=10**9)
     stop_ids = renderer.stop_token_ids()
     prefix = "" if raw else renderer.response_prefix()
@@ -52,27 +71,36 @@ def generate(
         else:
             ids = renderer.prompt_ids(chat_prompt(p) if isinstance(p, str) else p)
         encoded.append(ids)
+    rows = [(i, s) for i in range(len(encoded)) for s in range(n)]  # a prompt's n samples are adjacent rows
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     results = []
-    bar = tqdm(total=len(encoded), desc=progress, disable=not progress, dynamic_ncols=True)
-    with torch.random.fork_rng(devices=[]):  # sampling leaves the caller's RNG state as it was
-        for start in range(0, len(encoded), batch_size):
-            results += _generate_chunk(model, tokenizer, encoded[start : start + batch_size], pad_id, stop_ids,
-                                       max_new_tokens, temperature, top_p, gen, device)
-            bar.update(len(encoded[start : start + batch_size]))
+    bar = tqdm(total=len(rows), desc=progress, disable=not progress, dynamic_ncols=True)
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # sampling leaves the caller's RNG state (CPU and GPU) as it was
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            results += _generate_chunk(model, tokenizer, [encoded[i] for i, _ in chunk], pad_id, stop_ids,
+                                       max_new_tokens, temperature, top_p, gen, device, return_logprobs)
+            bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    for r in results:  # the template's text before every response is not the model's
-        r["text"] = r["text"].removeprefix(prefix)
+    for r, (i, s) in zip(results, rows):
+        r["text"] = r["text"].removeprefix(prefix)  # the template's text before every response is not the model's
+        r.update(prompt_ids=list(encoded[i]), prompt_index=i, sample_index=s)
     return results
 
 
 def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_ids: list[int], max_new_tokens: int,
-                    temperature: float, top_p: float, gen: torch.Generator, device) -> list[dict]:
-    """One left-padded batch: every prompt ends at the same column, so new tokens start together."""
+                    temperature: float, top_p: float, gen: torch.Generator, device, logprobs: bool) -> list[dict]:
+    """One left-padded batch of B rows: every prompt ends at the same column W, so new tokens start together.
+
+    `model.generate` returns `sequences` (B, W + S) and, with `logprobs`, the raw logits of each of the S steps,
+    a tuple of S tensors (B, V) in fp32 (before temperature and top-p); they are reduced step by step to the
+    log-probabilities (B, S) of the tokens taken.
+    """
     width = max(len(x) for x in chunk)
     ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -84,18 +112,26 @@ def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_
     out = model.generate(
         input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
         do_sample=sample, temperature=temperature if sample else None, top_p=top_p if sample else None,
-        top_k=None, eos_token_id=stop_ids, pad_token_id=pad_id,
+        top_k=None, eos_token_id=stop_ids, pad_token_id=pad_id, return_dict_in_generate=True, output_logits=logprobs,
     )
+    new = out.sequences[:, width:]  # (B, S)
+    if logprobs:
+        token_lp = torch.stack([torch.log_softmax(step.float(), dim=-1).gather(1, tok[:, None])[:, 0]
+                                for step, tok in zip(out.logits, new.T)], dim=1).tolist()  # (B, S)
     results = []
-    for row in out[:, width:].tolist():
+    for b, row in enumerate(new.tolist()):
         cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
         resp = row if cut is None else row[:cut]
-        results.append({"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp, "stopped": cut is not None})
+        token_ids = row if cut is None else row[: cut + 1]
+        r = {"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp, "stopped": cut is not None,
+             "token_ids": token_ids}
+        if logprobs:
+            r["logprobs"] = token_lp[b][: len(token_ids)]
+        results.append(r)
     return results
 
 
 def generate_cli(args) -> int:
-    from posttrain.errors import UserError
     from posttrain.models.load import load_model, load_tokenizer
 
     prompts = list(args.prompt)
