@@ -168,20 +168,20 @@ def test_resume_continues_exactly(model_dir, chat_file, tmp_path, monkeypatch):
 
 def test_nan_stops_without_overwriting_the_good_checkpoint(model_dir, chat_file, tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = sft.nll_sum
+    real = sft.common.nll_sum
 
     def nan_from_step_3(logits, targets):
         calls["n"] += 1
         s, n = real(logits, targets)
         return (s * float("nan") if calls["n"] > 4 else s), n  # 2 micro-batches a step: NaN from step 3
 
-    monkeypatch.setattr(sft, "nll_sum", nan_from_step_3)
+    monkeypatch.setattr(sft.common, "nll_sum", nan_from_step_3)
     with pytest.raises(TrainingDiverged, match="step 3.*step-0000002"):
         run(model_dir, chat_file, tmp_path / "n", "save_every=1", "data.packing=false")
     ckpts = sorted(p.name for p in (tmp_path / "n" / "checkpoints").iterdir())
     assert ckpts == ["step-0000001", "step-0000002"]
     state = torch.load(tmp_path / "n" / "checkpoints" / "step-0000002" / "state.pt", weights_only=False)
-    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    assert all(torch.isfinite(t).all() for t in state["models"]["model"].values())
     assert not (tmp_path / "n" / "model").exists()
 
 
@@ -266,3 +266,74 @@ def test_gradient_checkpointing_is_exact_and_bf16_is_close(model_dir, chat_file,
     run(model_dir, chat_file, tmp_path / "bf16", *base, "precision=bf16")
     fp32, bf16 = losses(tmp_path / "plain"), losses(tmp_path / "bf16")
     assert fp32[0] == pytest.approx(bf16[0], abs=0.05) and fp32 != bf16  # autocast really ran in bf16
+
+
+def test_a_rerun_with_other_settings_is_refused_and_the_saved_config_kept(model_dir, chat_file, tmp_path, monkeypatch):
+    """A rerun into the same output_dir compares its settings with the saved run's: other data, lr or seed is
+    refused with one line naming the keys (config.yaml untouched); logging, threads and checkpoint cadence may
+    differ; resume=false starts over on purpose; a finished run is not trained again."""
+    out = tmp_path / "r"
+    args = ("save_every=2", "data.max_seq_len=64")
+    real = sft.common.check_finite
+
+    def killed_at_step_3(value, step, ckpt_dir):
+        if step == 3:
+            raise KeyboardInterrupt
+        real(value, step, ckpt_dir)
+
+    monkeypatch.setattr(sft.common, "check_finite", killed_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(model_dir, chat_file, out, *args)
+    monkeypatch.setattr(sft.common, "check_finite", real)
+    saved = (out / "config.yaml").read_text()
+    other = tmp_path / "other.jsonl"
+    shutil.copy(chat_file, other)
+    with pytest.raises(UserError) as e:
+        run(model_dir, other, out, *args, "optim.lr=1e-3", "seed=1")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"output_dir '{out}' holds a run with other settings (")
+    assert f"data.path: '{chat_file}' -> '{other}'" in msg and "seed: 0 -> 1" in msg
+    assert "optim.lr: 0.005 -> 0.001" in msg and "resume=false" in msg
+    assert (out / "config.yaml").read_text() == saved
+
+    # Logging, threads and the checkpoint cadence may change; the run resumes at step 2 and config.yaml stays.
+    run(model_dir, chat_file, out, *args, "log_every=2", "threads=1", "save_every=3")
+    assert (out / "config.yaml").read_text() == saved
+    assert json.loads((out / "result.json").read_text())["steps"] == 4
+    run(model_dir, chat_file, tmp_path / "full", *args)
+    assert_same_weights(out, tmp_path / "full", atol=0)
+
+    # Finished: a rerun does nothing; resume=false trains again from step 0 with the new settings.
+    stamp = (out / "model" / "model.safetensors").stat().st_mtime_ns
+    run(model_dir, chat_file, out, *args)
+    assert (out / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    run(model_dir, other, out, *args, "optim.lr=1e-3", "resume=false")
+    assert "lr: 0.001" in (out / "config.yaml").read_text()
+    assert not (out / "checkpoints" / "step-0000002").exists() or len(losses(out)) == 4
+    assert len(losses(out)) == 4
+
+
+def test_max_steps_zero_runs_epochs_and_result_json_records_the_steps(model_dir, chat_file, tmp_path, capsys):
+    """48 examples, batch 8, epochs 2, packing off: 12 steps, said at the start and kept in result.json."""
+    out = tmp_path / "e"
+    run(model_dir, chat_file, out, "max_steps=0", "epochs=2", "data.packing=false", "data.max_seq_len=64")
+    assert "12 steps (2 epochs of 48 examples, max_steps=0)" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["steps"] == 12
+    assert len(losses(out)) == 12
+
+
+@pytest.mark.parametrize("override, message", [
+    ("max_steps=-5", "config key 'max_steps': must be >= 0, got -5"),
+    ("batch_size=0", "config key 'batch_size': must be >= 1, got 0"),
+    ("micro_batch_size=0", "config key 'micro_batch_size': must be >= 1, got 0"),
+    ("optim.lr=-1", "config key 'optim.lr': must be >= 0, got -1.0"),
+])
+def test_bad_numbers_fail_before_anything_is_loaded(tmp_path, capsys, override, message):
+    """The model path does not exist: the range error comes first, so nothing was loaded or written."""
+    from posttrain.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["sft", f"model={tmp_path / 'missing'}", "data=x.jsonl", f"output_dir={tmp_path / 'o'}", override])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+    assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
-"""Load any Hugging Face causal LM and its tokenizer, with clear errors and safe tokenizer defaults."""
+"""Load and save any Hugging Face causal LM and its tokenizer, with clear errors and safe tokenizer defaults;
+the base model that ships inside posttrain."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from posttrain.data.loading import short_reason
 from posttrain.errors import UserError
+from posttrain.io import atomic_dir
 from posttrain.models.tokenizer import DEFAULT_TEMPLATE
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -39,7 +42,7 @@ def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise UserError(f"model: cannot load a tokenizer from '{path}' (not a local folder, nor on the hub): {_first_line(e)}") from None
+        raise UserError(f"model: cannot load a tokenizer from '{path}' (not a local folder, nor on the hub): {short_reason(e)}") from None
     if tok.eos_token is None:
         raise UserError(f"model: the tokenizer in '{path}' has no eos_token; posttrain needs one to end responses")
     if not tok.chat_template:
@@ -57,8 +60,35 @@ def load_model(path: str, dtype: torch.dtype = torch.float32) -> PreTrainedModel
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
-        raise UserError(f"model: cannot load '{path}' (not a local folder, nor on the hub): {_first_line(e)}") from None
+        raise UserError(f"model: cannot load '{path}' (not a local folder, nor on the hub): {short_reason(e)}") from None
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path,
+               stop_ids: list[int] | None = None) -> None:
+    """Save a plain Hugging Face model folder (weights, config, tokenizer) atomically.
+
+    `stop_ids` go into generation_config.eos_token_id, so plain `generate` stops at the end of a turn.
+    """
+    if stop_ids:
+        model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+
+def shipped_base() -> Path:
+    """The folder of the base model shipped inside the package (`posttrain/assets/base`, built by `make base`)."""
+    return Path(__file__).resolve().parent.parent / "assets" / "base"
+
+
+def check_model_folder(path: str, what: str = "model") -> str:
+    """`path` when it is a local model folder with a tokenizer (or shaped like a hub id, left to the loader);
+    else a one-line `UserError` naming `what`. Used before any work starts."""
+    if not is_local(path):
+        return path
+    if not (Path(path) / "config.json").exists():
+        raise UserError(f"{what}: '{path}' is not a model folder (no config.json there)")
+    if not has_tokenizer(path):
+        raise UserError(f"{what}: '{path}' has no tokenizer (tokenizer.json / tokenizer_config.json)")
+    return path

@@ -44,8 +44,7 @@ def merge_adapter(adapter_dir: str, out_dir: str, base: str | None = None) -> No
     from peft import PeftConfig, PeftModel
 
     from posttrain.data.render import Renderer
-    from posttrain.models.load import load_model, load_tokenizer
-    from posttrain.recipes.common import save_model
+    from posttrain.models.load import load_model, load_tokenizer, save_model
 
     if not (Path(adapter_dir) / "adapter_config.json").exists():
         raise UserError(f"merge: '{adapter_dir}' has no adapter_config.json (is it a LoRA adapter folder?)")

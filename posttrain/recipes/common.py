@@ -1,5 +1,6 @@
-"""Loop plumbing every recipe calls (never inherits): accelerate setup, seeding, the data stream,
-checkpoints that resume exactly, metrics to metrics.jsonl and TensorBoard, and the NaN guard.
+"""Loop plumbing every recipe calls (never inherits): accelerate setup, seeding, the data stream, gradient
+accumulation, the optimizer step with its NaN guard, checkpoints of several models and optimizers that resume
+exactly, metrics to metrics.jsonl and TensorBoard, the progress bar, and the run folder (`open_run`, `Run`).
 """
 
 from __future__ import annotations
@@ -7,52 +8,66 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import yaml
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
-from posttrain.config import doc
-from posttrain.errors import TrainingDiverged
-from posttrain.io import atomic_dir
+from posttrain.config import doc, result_diff, save_config
+from posttrain.errors import TrainingDiverged, UserError
+from posttrain.io import atomic_dir, atomic_write_json, check_writable
+from posttrain.losses.sft import nll_sum, token_mean
+from posttrain.models.forward import response_logits
 
 
 @dataclass
 class OptimConfig:
-    lr: float = doc(2e-5, "peak learning rate (AdamW)")
-    weight_decay: float = doc(0.0, "AdamW weight decay")
-    beta1: float = doc(0.9, "AdamW beta1")
-    beta2: float = doc(0.999, "AdamW beta2")
-    eps: float = doc(1e-8, "AdamW epsilon")
-    warmup_steps: int = doc(0, "linear warmup steps")
+    lr: float = doc(2e-5, "peak learning rate (AdamW)", ge=0)
+    weight_decay: float = doc(0.0, "AdamW weight decay", ge=0)
+    beta1: float = doc(0.9, "AdamW beta1", ge=0, lt=1)
+    beta2: float = doc(0.999, "AdamW beta2", ge=0, lt=1)
+    eps: float = doc(1e-8, "AdamW epsilon", gt=0)
+    warmup_steps: int = doc(0, "linear warmup steps", ge=0)
     schedule: Literal["cosine", "linear", "constant"] = doc("cosine", "decay after warmup")
-    min_lr_ratio: float = doc(0.0, "final learning rate as a fraction of the peak")
-    max_grad_norm: float = doc(1.0, "clip the global gradient norm (0: no clipping)")
+    min_lr_ratio: float = doc(0.0, "final learning rate as a fraction of the peak", ge=0, le=1)
+    max_grad_norm: float = doc(1.0, "clip the global gradient norm (0: no clipping)", ge=0)
 
 
 @dataclass
 class RunConfig:
-    """The fields every training recipe has; a recipe's config adds its own sections and fields."""
+    """The fields every training recipe has; a recipe's config adds its own sections and fields.
 
-    output_dir: str = doc("runs/run", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/")
-    seed: int = doc(0, "seed for initialisation, data order and dropout")
-    max_steps: int = doc(0, "optimizer steps (0: run `epochs` epochs)")
-    epochs: float = doc(1.0, "epochs over the training data when max_steps is 0")
-    batch_size: int = doc(16, "examples (or packed rows) per optimizer step, over all processes and accumulation")
-    micro_batch_size: int = doc(4, "examples (or packed rows) per forward pass on one process")
+    Fields marked `changes_result=False` may differ when a run resumes (they change how it runs, not what it
+    computes; `micro_batch_size` and `compile` included: the loss divides by global token counts, tested).
+    """
+
+    output_dir: str = doc("runs/run", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/, result.json",
+                          changes_result=False)
+    seed: int = doc(0, "seed for initialisation, data order and dropout", ge=0)
+    max_steps: int = doc(0, "optimizer steps (0: as many as `epochs` epochs take; result.json records the count)",
+                         ge=0)
+    epochs: float = doc(1.0, "epochs over the training data when max_steps is 0", gt=0)
+    batch_size: int = doc(16, "examples (or packed rows) per optimizer step, over all processes and accumulation",
+                          ge=1)
+    micro_batch_size: int = doc(4, "examples (or packed rows) per forward pass on one process", ge=1,
+                                changes_result=False)
     precision: Literal["fp32", "bf16"] = doc("fp32", "fp32, or bf16 autocast")
-    compile: bool = doc(False, "torch.compile the model: faster steps after a one-off compile (about a minute on CPU)")
-    log_every: int = doc(1, "log metrics every N steps")
-    save_every: int = doc(0, "checkpoint every N steps (0: no intermediate checkpoints)")
-    keep_checkpoints: int = doc(2, "how many checkpoints to keep")
-    resume: bool = doc(True, "continue from the newest checkpoint in output_dir when there is one")
-    threads: int = doc(0, "torch CPU threads (0: torch's default)")
+    compile: bool = doc(False, "torch.compile the model: faster steps after a one-off compile (about a minute on CPU)",
+                        changes_result=False)
+    log_every: int = doc(1, "log metrics every N steps", ge=1, changes_result=False)
+    save_every: int = doc(0, "checkpoint every N steps (0: no intermediate checkpoints)", ge=0, changes_result=False)
+    keep_checkpoints: int = doc(2, "how many checkpoints to keep", ge=1, changes_result=False)
+    resume: bool = doc(True, "continue the run in output_dir from its newest checkpoint (refused when its settings "
+                             "differ); false: start over, replacing that run", changes_result=False)
+    threads: int = doc(0, "torch CPU threads (0: torch's default)", ge=0, changes_result=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -163,6 +178,55 @@ class MetricsLog:
             self.tb.close()
 
 
+def check_batch(batch_size: int, micro_batch_size: int, world: int) -> None:
+    """The global batch must split evenly into micro-batches on every process."""
+    if batch_size % (micro_batch_size * world):
+        raise UserError(f"batch_size ({batch_size}) must be a multiple of micro_batch_size "
+                        f"({micro_batch_size}) x processes ({world})")
+
+
+def total_steps(cfg: RunConfig, n_units: int, unit: str) -> tuple[int, str]:
+    """The run's optimizer steps and how they were chosen: `max_steps`, or as many as `epochs` epochs of
+    `n_units` units (examples or packed rows) take at `batch_size` (at least one)."""
+    if cfg.max_steps:
+        return cfg.max_steps, f"{cfg.max_steps} steps"
+    steps = max(1, int(cfg.epochs * n_units // cfg.batch_size))
+    return steps, f"{steps} steps ({cfg.epochs:g} epoch{'s' if cfg.epochs != 1 else ''} of {n_units} {unit}, max_steps=0)"
+
+
+def make_optimizer(params: list[torch.nn.Parameter], o: OptimConfig, max_steps: int):
+    """AdamW and its warmup-then-decay schedule (a `LambdaLR` stepped once per optimizer step)."""
+    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, weight_decay=o.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(o.warmup_steps, max_steps, o.schedule, o.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def accumulate(acc: Accelerator, model: torch.nn.Module, micro_batches: list, loss_of) -> torch.Tensor:
+    """Forward and backward every micro-batch of one optimizer step; returns the summed (detached) loss.
+
+    `loss_of(micro_batch)` returns this micro-batch's share of the step's loss, already divided by the
+    global count (see `losses/sft.py:token_mean`), so the shares add up to the loss of the whole global batch.
+    Gradients are all-reduced on the last micro-batch only, and multiplied by the number of processes
+    because DDP averages them while the sum is what the global-count loss needs.
+    """
+    total = torch.zeros((), device=acc.device)
+    for i, mb in enumerate(micro_batches):
+        with no_sync(acc, model, i < len(micro_batches) - 1), acc.autocast():
+            loss = loss_of(mb)
+            acc.backward(loss * acc.num_processes)
+        total += loss.detach()
+    return total
+
+
+def lm_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor], n_global: int) -> torch.Tensor:
+    """Next-token NLL of the trained tokens of `batch` (SFT and pretraining), divided by the step's global
+    trained-token count; the output head runs only where a trained token is predicted."""
+    logits, targets = response_logits(model, batch)
+    s, _ = nll_sum(logits, targets)
+    return token_mean(s, n_global)
+
+
 def optimizer_step(acc: Accelerator, params, optimizer, scheduler, loss_sum: torch.Tensor, max_grad_norm: float,
                    step: int, ckpt_dir: Path) -> dict[str, float]:
     """End an optimizer step: clip, sum the loss over processes, stop on a non-finite value (before the weights
@@ -197,15 +261,16 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer, scheduler, keep: int,
-                    extra: dict | None = None) -> Path:
-    """Write checkpoints/step-N atomically (trainable weights, optimizer, scheduler, RNG), keep the newest `keep`."""
+def save_checkpoint(ckpt_dir: Path, step: int, models: dict[str, torch.nn.Module], optimizers: dict, schedulers: dict,
+                    keep: int, extra: dict | None = None) -> Path:
+    """Write checkpoints/step-N atomically, keeping the newest `keep`: every named model's trainable weights, every
+    named optimizer and schedule (PPO has a policy and a value model), the RNG states and `extra`."""
     path = ckpt_dir / f"step-{step:07d}"
     state = {
         "step": step,
-        "model": _trainable_state(model),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "models": {name: _trainable_state(m) for name, m in models.items()},
+        "optimizers": {name: o.state_dict() for name, o in optimizers.items()},
+        "schedulers": {name: s.state_dict() for name, s in schedulers.items()},
         "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()},
         "extra": extra or {},
     }
@@ -217,33 +282,153 @@ def save_checkpoint(ckpt_dir: Path, step: int, model: torch.nn.Module, optimizer
     return path
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer, scheduler) -> int:
-    """Restore a checkpoint written by `save_checkpoint`; returns its step."""
+def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizers: dict, schedulers: dict) -> tuple[int, dict]:
+    """Restore a checkpoint written by `save_checkpoint` into the same named models, optimizers and schedules;
+    returns its step and `extra`."""
     state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
-    params = dict(model.named_parameters())
     with torch.no_grad():
-        for n, t in state["model"].items():
-            params[n].copy_(t)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+        for name, model in models.items():
+            params = dict(model.named_parameters())
+            for n, t in state["models"][name].items():
+                params[n].copy_(t)
+    for name, o in optimizers.items():
+        o.load_state_dict(state["optimizers"][name])
+    for name, sch in schedulers.items():
+        sch.load_state_dict(state["schedulers"][name])
     torch.set_rng_state(state["rng"]["torch"])
     random.setstate(state["rng"]["python"])
     np.random.set_state(state["rng"]["numpy"])
-    return int(state["step"])
+    return int(state["step"]), state["extra"]
 
 
-def save_model(model, tokenizer, out: Path, stop_ids: list[int] | None = None) -> None:
-    """Save a plain Hugging Face model folder (weights, config, tokenizer) atomically.
+# What a run folder holds besides config.yaml; `resume=false` removes them before starting over.
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "model", "adapter", "result.json")
 
-    `stop_ids` go into generation_config.eos_token_id, so plain `generate` stops at the end of a turn.
+
+class Run:
+    """One training run's folder and bookkeeping, used (never inherited) by every recipe's loop:
+
+        run = common.open_run(cfg, acc, "sft")          # output_dir checked; a saved run's settings compared
+        if run.finished: return run.result["metrics"]   # the same run already ended
+        ...                                              # data, model, optimizer
+        start = run.resume({"model": model}, {"model": optimizer}, {"model": scheduler}, max_steps, what)
+        for step in range(start, max_steps):
+            ...                                          # accumulate, optimizer_step
+            run.step_done(step + 1, metrics, tokens)     # throughput, metrics.jsonl/TensorBoard, bar, checkpoint
+        ...                                              # save the model
+        return run.finish(metrics)                       # result.json: the steps taken and the final metrics
+
+    A rerun of the same command continues from the newest checkpoint and ends exactly as an uninterrupted run;
+    a rerun with other settings (`config.result_diff`) is refused, naming the keys; the config a run trained
+    with is written once and never overwritten by a resume.
     """
-    if stop_ids:
-        model.generation_config.eos_token_id = stop_ids if len(stop_ids) > 1 else stop_ids[0]
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+
+    def __init__(self, cfg: RunConfig, acc: Accelerator, name: str, resuming: bool):
+        self.cfg, self.acc, self.name = cfg, acc, name
+        self.out = Path(cfg.output_dir)
+        self.ckpt_dir = self.out / "checkpoints"
+        self.main = acc.is_main_process
+        self.resuming = resuming
+        self.result = _read_json(self.out / "result.json") if resuming else None
+        self.finished = self.result is not None
+        self.models: dict = {}
+        self.optimizers: dict = {}
+        self.schedulers: dict = {}
+        self.max_steps = 0
+        self.log: MetricsLog | None = None
+        self.bar = None
+        self.seen_tokens = 0
+        self.t0, self.c0 = time.perf_counter(), time.process_time()
+
+    def resume(self, models: dict, optimizers: dict, schedulers: dict, max_steps: int, what: str) -> int:
+        """Restore the newest checkpoint (when resuming), write config.yaml (when not), open metrics and the
+        progress bar, print one line (`what`: the data and the steps); returns the first step to run."""
+        self.models, self.optimizers, self.schedulers, self.max_steps = models, optimizers, schedulers, max_steps
+        last = latest_checkpoint(self.ckpt_dir) if self.resuming else None
+        start = 0
+        if last is not None:
+            start, _ = load_checkpoint(last, {k: self.acc.unwrap_model(m) for k, m in models.items()}, optimizers,
+                                       schedulers)
+        if self.main and not self.resuming:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "config.yaml")
+        self.log = MetricsLog(self.out, self.main, resume_step=start)
+        if self.main:
+            world = self.acc.num_processes
+            print(f"{self.name}: {what}, {world} process{'es' if world > 1 else ''}; "
+                  f"{f'resumed from {last}' if last else 'starting'}")
+        self.bar = tqdm(total=max_steps, initial=start, disable=not self.main, desc=self.name, dynamic_ncols=True)
+        return start
+
+    def step_done(self, done: int, metrics: dict, tokens: int, force_log: bool = False) -> None:
+        """After optimizer step `done` (1-based): add throughput to `metrics`, log them every `log_every` steps
+        (and at the last step, or when `force_log`), move the bar, checkpoint every `save_every` steps."""
+        self.seen_tokens += tokens
+        elapsed = time.perf_counter() - self.t0
+        metrics.update({"train/tokens": tokens, "train/tokens_per_s": self.seen_tokens / max(elapsed, 1e-9),
+                        "train/elapsed_s": elapsed, "train/cpu_s": time.process_time() - self.c0})
+        if done % self.cfg.log_every == 0 or done == self.max_steps or force_log:
+            self.log.log(done, metrics)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
+        if self.cfg.save_every and done % self.cfg.save_every == 0 and done < self.max_steps and self.main:
+            save_checkpoint(self.ckpt_dir, done, {k: self.acc.unwrap_model(m) for k, m in self.models.items()},
+                            self.optimizers, self.schedulers, self.cfg.keep_checkpoints)
+        self.acc.wait_for_everyone()
+
+    def close(self) -> None:
+        """End the loop's progress bar (before final evaluation and saving)."""
+        if self.bar is not None:
+            self.bar.close()
+
+    def finish(self, metrics: dict, **extra: Any) -> dict:
+        """Close the metrics log and write result.json (the steps this run took, its final metrics and `extra`),
+        the last file a run writes: its presence means the run ended. Returns `metrics`."""
+        self.close()
+        if self.log is not None:
+            self.log.close()
+        if self.main:
+            atomic_write_json(self.out / "result.json", {"steps": self.max_steps, "metrics": metrics, **extra})
+        self.acc.wait_for_everyone()
+        return metrics
 
 
-def env_info() -> dict:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "pid": os.getpid()}
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def open_run(cfg: RunConfig, acc: Accelerator, name: str) -> Run:
+    """Check `output_dir` before any work and decide how this run starts (see `Run`).
+
+    - No earlier run there (no checkpoints, model or result.json): a new run.
+    - An earlier run and `resume`: its config.yaml must match `cfg` in every key that changes the result, else
+      a one-line `UserError` names the keys that differ; then the run continues (or, when result.json is there,
+      is already finished).
+    - `resume=false`: the earlier run's files are removed and the run starts over.
+    """
+    out = Path(cfg.output_dir)
+    check_writable(out, "output_dir", folder=True)
+    earlier = [f for f in RUN_FILES if (out / f).exists()]
+    if earlier and cfg.resume:
+        saved = out / "config.yaml"
+        if not saved.exists():
+            raise UserError(f"output_dir '{out}' holds a run ({', '.join(earlier)}) without its config.yaml; "
+                            "use another output_dir, or resume=false to start over")
+        diff = result_diff(yaml.safe_load(saved.read_text()) or {}, cfg)
+        if diff:
+            raise UserError(f"output_dir '{out}' holds a run with other settings ({'; '.join(diff)}); use another "
+                            "output_dir, or resume=false to start over")
+    acc.wait_for_everyone()
+    if earlier and not cfg.resume and acc.is_main_process:
+        for f in (*RUN_FILES, "config.yaml"):
+            p = out / f
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    acc.wait_for_everyone()
+    run = Run(cfg, acc, name, resuming=bool(earlier) and cfg.resume)
+    if run.finished and acc.is_main_process:
+        print(f"{name}: the run in {out} already finished ({run.result['steps']} steps; result.json); nothing to do "
+              "(resume=false trains it again)")
+    return run

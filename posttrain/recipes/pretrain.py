@@ -10,8 +10,8 @@ Choices this recipe makes:
 - A seeded random-init model of `model.arch` (Llama by default) of the configured size, or, with
   `model.init`, an existing model and its tokenizer trained further on the corpus (continued
   pretraining or mid-training). The optimizer state and the schedule start fresh.
-- The same loop plumbing as SFT (`recipes/common.py`): global-batch token-mean loss, exact resume,
-  NaN guard, metrics.jsonl and TensorBoard. The final model goes to `model/` (in `save_dtype`) with a
+- The same loop as SFT, through the same plumbing (`recipes/common.py`): global-batch token-mean loss,
+  accumulation, exact resume, NaN guard, metrics.jsonl and TensorBoard, result.json. The final model goes to `model/` (in `save_dtype`) with a
   model card.
 """
 
@@ -23,26 +23,25 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 import torch
-from tqdm.auto import tqdm
 
-from posttrain.config import doc, save_config, section
+from posttrain.config import doc, section
 from posttrain.data.collate import pack_rows, packed_batch
 from posttrain.data.loading import read_records
 from posttrain.data.render import Rendered
 from posttrain.errors import UserError
 from posttrain.io import atomic_write_text
-from posttrain.losses.sft import nll_sum, token_mean
-from posttrain.models.forward import response_logits
+from posttrain.models.load import save_model
 from posttrain.recipes import common
 
 
 @dataclass
 class PretrainModelConfig:
     arch: Literal["llama", "qwen2", "mistral", "gpt2", "gpt_neox"] = doc("llama", "architecture of the new model")
-    hidden: int = doc(256, "hidden size")
-    layers: int = doc(4, "transformer blocks")
-    heads: int = doc(4, "attention heads")
-    vocab_size: int = doc(4096, "BPE vocabulary size (when a tokenizer is trained)")
+    hidden: int = doc(256, "hidden size", ge=1)
+    layers: int = doc(4, "transformer blocks", ge=1)
+    heads: int = doc(4, "attention heads", ge=1)
+    vocab_size: int = doc(4096, "BPE vocabulary size (when a tokenizer is trained; 256 bytes and 7 special tokens at least)",
+                          ge=263)
     tokenizer: str = doc("", "an existing tokenizer folder; empty: train one on the corpus")
     init: str = doc("", "continue training this model folder (its weights and tokenizer; arch, size and "
                         "tokenizer above are then unused): mid-training; empty: a new random-init model")
@@ -52,8 +51,8 @@ class PretrainModelConfig:
 class PretrainDataConfig:
     PRIMARY: ClassVar[str] = "path"
     path: str = doc("", "corpus: a .jsonl/.json/.parquet file of {\"text\": ...} documents")
-    max_seq_len: int = doc(256, "tokens per packed row (longer documents are cut into pieces)")
-    limit: int = doc(0, "use only the first N documents (0: all)")
+    max_seq_len: int = doc(256, "tokens per packed row (longer documents are cut into pieces)", ge=2)
+    limit: int = doc(0, "use only the first N documents (0: all)", ge=0)
 
 
 @dataclass
@@ -61,13 +60,16 @@ class PretrainConfig(common.RunConfig):
     model: PretrainModelConfig = section(PretrainModelConfig, "the new model and its tokenizer")
     data: PretrainDataConfig = section(PretrainDataConfig, "the corpus")
     optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule")
-    output_dir: str = doc("runs/pretrain", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/")
-    batch_size: int = doc(32, "packed rows per optimizer step, over all processes and accumulation")
-    micro_batch_size: int = doc(8, "packed rows per forward pass on one process")
-    log_every: int = doc(10, "log metrics every N steps")
-    save_every: int = doc(200, "checkpoint every N steps (0: none)")
+    output_dir: str = doc("runs/pretrain", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/, "
+                                           "result.json", changes_result=False)
+    batch_size: int = doc(32, "packed rows per optimizer step, over all processes and accumulation", ge=1)
+    micro_batch_size: int = doc(8, "packed rows per forward pass on one process", ge=1,
+                                changes_result=False)
+    log_every: int = doc(10, "log metrics every N steps", ge=1, changes_result=False)
+    save_every: int = doc(200, "checkpoint every N steps (0: none)", ge=0, changes_result=False)
     save_dtype: Literal["float32", "float16", "bfloat16"] = doc(
-        "float32", "dtype of the saved model/ weights (float16 halves the size of a model you ship)")
+        "float32", "dtype of the saved model/ weights (float16 halves the size of a model you ship)",
+        changes_result=False)
 
 
 def read_texts(cfg: PretrainConfig) -> list[str]:
@@ -138,13 +140,14 @@ def _yaml(cfg) -> str:
 
 
 def main(cfg: PretrainConfig) -> dict:
-    """Pretrain; returns the final metrics (also in metrics.jsonl)."""
+    """Pretrain; returns the final metrics (also in metrics.jsonl and result.json)."""
     acc = common.make_accelerator(cfg.precision, cfg.seed, cfg.threads)
-    out, world, rank = Path(cfg.output_dir), acc.num_processes, acc.process_index
-    ckpt_dir = out / "checkpoints"
-    if cfg.batch_size % (cfg.micro_batch_size * world):
-        raise UserError(f"batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
-                        f"({cfg.micro_batch_size}) x processes ({world})")
+    common.check_batch(cfg.batch_size, cfg.micro_batch_size, acc.num_processes)
+    if not cfg.model.init and cfg.model.hidden % cfg.model.heads:
+        raise UserError(f"model.hidden ({cfg.model.hidden}) must be a multiple of model.heads ({cfg.model.heads})")
+    run = common.open_run(cfg, acc, "pretrain")
+    if run.finished:
+        return run.result["metrics"]
 
     # Data: tokenizer, documents, packed rows.
     texts = read_texts(cfg)
@@ -153,7 +156,7 @@ def main(cfg: PretrainConfig) -> dict:
     units = pack_rows(docs, cfg.data.max_seq_len)
     tokens_per_unit = [sum(docs[i].n_trained for i in u) for u in units]
     stream = common.DataStream(len(units), cfg.batch_size, cfg.seed)
-    max_steps = cfg.max_steps or max(1, int(cfg.epochs * len(units) // cfg.batch_size))
+    max_steps, steps_text = common.total_steps(cfg, len(units), "packed rows")
 
     # Model, optimizer, schedule.
     model = build_model(cfg, tok)
@@ -162,64 +165,39 @@ def main(cfg: PretrainConfig) -> dict:
         model.compile()
     params = list(model.parameters())
     n_params = sum(p.numel() for p in params)
-    o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                  weight_decay=o.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, common.lr_lambda(o.warmup_steps, max_steps, o.schedule, o.min_lr_ratio))
+    optimizer, scheduler = common.make_optimizer(params, cfg.optim, max_steps)
     model, optimizer = acc.prepare(model, optimizer)
-    last = common.latest_checkpoint(ckpt_dir) if cfg.resume else None
-    start = common.load_checkpoint(last, acc.unwrap_model(model), optimizer, scheduler) if last else 0
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        print(f"pretrain: {len(texts)} documents, {sum(tokens_per_unit)} tokens in {len(units)} rows, "
-              f"{n_params / 1e6:.2f}M parameters, {max_steps} steps; {f'resumed from {last}' if last else 'starting'}")
-    log = common.MetricsLog(out, acc.is_main_process, resume_step=start)
+    start = run.resume({"model": model}, {"model": optimizer}, {"model": scheduler}, max_steps,
+                       f"{len(texts)} documents, {sum(tokens_per_unit)} tokens in {len(units)} rows, "
+                       f"{n_params / 1e6:.2f}M parameters, {steps_text}")
 
     # The loop.
     model.train()
-    bar = tqdm(total=max_steps, initial=start, disable=not acc.is_main_process, desc="pretrain", dynamic_ncols=True)
-    t0, seen, metrics = time.perf_counter(), 0, {}
+    metrics: dict = {}
     pad_to = cfg.data.max_seq_len if cfg.compile else 0
     for step in range(start, max_steps):
         step_units = stream.step_units(step)
         n_global = sum(tokens_per_unit[u] for u in step_units)
-        micro = common.shard(step_units, rank, world, cfg.micro_batch_size)
-        loss_sum = torch.zeros((), device=acc.device)
-        for i, chunk in enumerate(micro):
-            batch = packed_batch([[docs[j] for j in units[u]] for u in chunk], tok.pad_token_id, pad_to)
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            with common.no_sync(acc, model, i < len(micro) - 1), acc.autocast():
-                logits, targets = response_logits(model, batch)
-                s, _ = nll_sum(logits, targets)
-                loss = token_mean(s, n_global)
-                acc.backward(loss * world)
-            loss_sum += loss.detach()
-        metrics = common.optimizer_step(acc, params, optimizer, scheduler, loss_sum, o.max_grad_norm, step + 1, ckpt_dir)
+        micro = common.shard(step_units, acc.process_index, acc.num_processes, cfg.micro_batch_size)
 
-        done, seen = step + 1, seen + n_global
-        elapsed = time.perf_counter() - t0
-        metrics.update({"train/tokens": n_global, "train/tokens_per_s": seen / max(elapsed, 1e-9),
-                        "train/elapsed_s": elapsed})
-        if done % cfg.log_every == 0 or done == max_steps:
-            log.log(done, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        if cfg.save_every and done % cfg.save_every == 0 and done < max_steps and acc.is_main_process:
-            common.save_checkpoint(ckpt_dir, done, acc.unwrap_model(model), optimizer, scheduler, cfg.keep_checkpoints)
-        acc.wait_for_everyone()
-    bar.close()
-    log.close()
+        def loss_of(chunk, n_global=n_global):
+            batch = packed_batch([[docs[j] for j in units[u]] for u in chunk], tok.pad_token_id, pad_to)
+            return common.lm_loss(model, {k: v.to(acc.device) for k, v in batch.items()}, n_global)
+
+        loss_sum = common.accumulate(acc, model, micro, loss_of)
+        metrics = common.optimizer_step(acc, params, optimizer, scheduler, loss_sum, cfg.optim.max_grad_norm,
+                                        step + 1, run.ckpt_dir)
+        run.step_done(step + 1, metrics, n_global)
+    run.close()
 
     if acc.is_main_process:
         final = acc.unwrap_model(model)
         final.config.use_cache = True
         final.to(getattr(torch, cfg.save_dtype))
-        common.save_model(final, tok, out / "model", [tok.eos_token_id])
-        card = model_card(cfg, final.config.model_type, n_params, time.perf_counter() - t0,
-                          metrics.get("train/loss", float("nan")), seen)
-        atomic_write_text(out / "model" / "README.md", card)
-        print(f"pretrain: done; model saved to {out / 'model'}")
+        save_model(final, tok, run.out / "model", [tok.eos_token_id])
+        card = model_card(cfg, final.config.model_type, n_params, time.perf_counter() - run.t0,
+                          metrics.get("train/loss", float("nan")), run.seen_tokens)
+        atomic_write_text(run.out / "model" / "README.md", card)
+        print(f"pretrain: done; model saved to {run.out / 'model'}")
     acc.wait_for_everyone()
-    return metrics
+    return run.finish(metrics)

@@ -16,23 +16,21 @@ Choices this recipe makes:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import torch
-from tqdm.auto import tqdm
 
-from posttrain.config import doc, save_config, section
+from posttrain.config import doc, section
 from posttrain.data.collate import pack_rows, packed_batch, pad_batch
 from posttrain.data.formats import load_examples
 from posttrain.data.render import Renderer, render_all
 from posttrain.data.types import Conversation
 from posttrain.errors import UserError
-from posttrain.losses.sft import nll_sum, token_mean
+from posttrain.losses.sft import nll_sum
 from posttrain.models.forward import response_logits
-from posttrain.models.load import load_model, load_tokenizer
+from posttrain.models.load import load_model, load_tokenizer, save_model
 from posttrain.recipes import common
 
 
@@ -40,7 +38,8 @@ from posttrain.recipes import common
 class ModelConfig:
     PRIMARY: ClassVar[str] = "path"
     path: str = doc("", "Hugging Face model folder or hub id to fine-tune")
-    gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass to save memory")
+    gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass to save memory",
+                                      changes_result=False)
 
 
 @dataclass
@@ -48,21 +47,23 @@ class DataConfig:
     PRIMARY: ClassVar[str] = "path"
     path: str = doc("", "training data: a .jsonl/.json/.parquet file or a Hugging Face dataset name")
     format: str = doc("auto", "auto, messages, sharegpt, alpaca, prompt_completion or text")
-    max_seq_len: int = doc(1024, "tokens per example (longer ones are truncated) and per packed row")
+    max_seq_len: int = doc(1024, "tokens per example (longer ones are truncated) and per packed row", ge=2)
     packing: bool = doc(True, "pack whole examples into rows of max_seq_len (no attention across them)")
     eval_path: str = doc("", "held-out data file; empty: split eval_fraction off the training data")
-    eval_fraction: float = doc(0.0, "fraction of the training examples held out for eval (when no eval_path)")
-    limit: int = doc(0, "use only the first N examples (0: all)")
+    eval_fraction: float = doc(0.0, "fraction of the training examples held out for eval (when no eval_path)",
+                               ge=0, lt=1)
+    limit: int = doc(0, "use only the first N examples (0: all)", ge=0)
 
 
 @dataclass
 class LoraConfig:
     enabled: bool = doc(False, "train LoRA adapters instead of all weights")
-    r: int = doc(16, "LoRA rank")
-    alpha: int = doc(32, "LoRA alpha (scale = alpha / r)")
-    dropout: float = doc(0.0, "dropout on the LoRA input")
+    r: int = doc(16, "LoRA rank", ge=1)
+    alpha: int = doc(32, "LoRA alpha (scale = alpha / r)", gt=0)
+    dropout: float = doc(0.0, "dropout on the LoRA input", ge=0, lt=1)
     target_modules: list[str] = doc([], "module names to adapt; empty: every linear layer in the blocks")
-    merge: bool = doc(True, "also write the merged full model to model/ (the adapter goes to adapter/)")
+    merge: bool = doc(True, "also write the merged full model to model/ (the adapter goes to adapter/)",
+                       changes_result=False)
 
 
 @dataclass
@@ -71,8 +72,9 @@ class SFTConfig(common.RunConfig):
     data: DataConfig = section(DataConfig, "training data")
     optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule")
     lora: LoraConfig = section(LoraConfig, "LoRA (through peft)")
-    output_dir: str = doc("runs/sft", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/")
-    eval_every: int = doc(0, "evaluate every N steps (0: only at the end)")
+    output_dir: str = doc("runs/sft", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/, result.json",
+                          changes_result=False)
+    eval_every: int = doc(0, "evaluate every N steps (0: only at the end)", ge=0, changes_result=False)
 
 
 def build_data(cfg: SFTConfig, tok, log=print):
@@ -162,24 +164,22 @@ def save_final(cfg: SFTConfig, model, tok, stop_ids: list[int]) -> Path:
     out = Path(cfg.output_dir)
     model.config.use_cache = True  # training turned the cache off; a saved model generates with it
     if not cfg.lora.enabled:
-        common.save_model(model, tok, out / "model", stop_ids)
+        save_model(model, tok, out / "model", stop_ids)
         return out / "model"
-    common.save_model(model, tok, out / "adapter", stop_ids)
+    save_model(model, tok, out / "adapter", stop_ids)
     if not cfg.lora.merge:
         return out / "adapter"
-    common.save_model(model.merge_and_unload(), tok, out / "model", stop_ids)
+    save_model(model.merge_and_unload(), tok, out / "model", stop_ids)
     return out / "model"
 
 
 def main(cfg: SFTConfig) -> dict:
-    """Run SFT; returns the final metrics (also in metrics.jsonl)."""
+    """Run SFT; returns the final metrics (also in metrics.jsonl and result.json)."""
     acc = common.make_accelerator(cfg.precision, cfg.seed, cfg.threads)
-    out = Path(cfg.output_dir)
-    ckpt_dir = out / "checkpoints"
-    world, rank = acc.num_processes, acc.process_index
-    if cfg.batch_size % (cfg.micro_batch_size * world):
-        raise UserError(f"batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
-                        f"({cfg.micro_batch_size}) x processes ({world})")
+    common.check_batch(cfg.batch_size, cfg.micro_batch_size, acc.num_processes)
+    run = common.open_run(cfg, acc, "sft")
+    if run.finished:
+        return run.result["metrics"]
 
     # Data: rendered once; the loss mask comes from here.
     tok = load_tokenizer(cfg.model.path)
@@ -187,77 +187,46 @@ def main(cfg: SFTConfig) -> dict:
     tokens_per_unit = unit_tokens(rows, units)
     length_per_unit = [sum(len(rows[i].input_ids) for i in u) for u in units]
     stream = common.DataStream(len(units), cfg.batch_size, cfg.seed)
-    max_steps = cfg.max_steps or max(1, int(cfg.epochs * len(units) // cfg.batch_size))
+    unit = "packed rows" if cfg.data.packing else "examples"
+    max_steps, steps_text = common.total_steps(cfg, len(units), unit)
 
     # Model, optimizer, schedule.
     model = build_model(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                  eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, common.lr_lambda(cfg.optim.warmup_steps, max_steps, cfg.optim.schedule, cfg.optim.min_lr_ratio))
+    optimizer, scheduler = common.make_optimizer(params, cfg.optim, max_steps)
     model, optimizer = acc.prepare(model, optimizer)
-
-    start = 0
-    last = common.latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if last is not None:
-        start = common.load_checkpoint(last, acc.unwrap_model(model), optimizer, scheduler)
-    if acc.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-    log = common.MetricsLog(out, acc.is_main_process, resume_step=start)
-    if acc.is_main_process:
-        msg = f"resumed from {last}" if last else "starting"
-        print(f"sft: {len(rows)} examples ({sum(stats.dropped.values())} dropped, {stats.truncated} truncated), "
-              f"{len(units)} {'packed rows' if cfg.data.packing else 'examples'}, {max_steps} steps, "
-              f"{world} process{'es' if world > 1 else ''}; {msg}")
+    start = run.resume({"model": model}, {"model": optimizer}, {"model": scheduler}, max_steps,
+                       f"{len(rows)} examples ({sum(stats.dropped.values())} dropped, {stats.truncated} truncated), "
+                       f"{len(units)} {unit}, {steps_text}")
 
     # The loop.
     pad_to = cfg.data.max_seq_len if cfg.compile and cfg.data.packing else 0  # static shapes for the compiler
     model.train()
-    bar = tqdm(total=max_steps, initial=start, disable=not acc.is_main_process, desc="sft", dynamic_ncols=True)
     metrics: dict = {}
-    seen_tokens, t0, c0 = 0, time.perf_counter(), time.process_time()
     for step in range(start, max_steps):
         step_units = stream.step_units(step)
         n_global = sum(tokens_per_unit[u] for u in step_units)
-        micro = common.shard(step_units, rank, world, cfg.micro_batch_size)
-        loss_sum = torch.zeros((), device=acc.device)
-        for i, chunk in enumerate(micro):
-            batch = collate(rows, chunk, units, cfg.data.packing, tok.pad_token_id, pad_to)
-            batch = {k: v.to(acc.device) for k, v in batch.items()}
-            with common.no_sync(acc, model, i < len(micro) - 1), acc.autocast():
-                logits, targets = response_logits(model, batch)
-                s, _ = nll_sum(logits, targets)
-                loss = token_mean(s, n_global)
-                acc.backward(loss * world)  # DDP averages gradients over processes; the sum is what we want
-            loss_sum += loss.detach()
-        metrics = common.optimizer_step(acc, params, optimizer, scheduler, loss_sum, cfg.optim.max_grad_norm,
-                                        step + 1, ckpt_dir)
+        micro = common.shard(step_units, acc.process_index, acc.num_processes, cfg.micro_batch_size)
 
-        seen_tokens += n_global
+        def loss_of(chunk, n_global=n_global):
+            batch = collate(rows, chunk, units, cfg.data.packing, tok.pad_token_id, pad_to)
+            return common.lm_loss(model, {k: v.to(acc.device) for k, v in batch.items()}, n_global)
+
+        loss_sum = common.accumulate(acc, model, micro, loss_of)
+        metrics = common.optimizer_step(acc, params, optimizer, scheduler, loss_sum, cfg.optim.max_grad_norm,
+                                        step + 1, run.ckpt_dir)
+        metrics["train/seq_tokens"] = sum(length_per_unit[u] for u in step_units)
         done = step + 1
-        elapsed = time.perf_counter() - t0
-        metrics.update({"train/tokens": n_global, "train/seq_tokens": sum(length_per_unit[u] for u in step_units),
-                        "train/tokens_per_s": seen_tokens / max(elapsed, 1e-9), "train/elapsed_s": elapsed,
-                        "train/cpu_s": time.process_time() - c0})
         if eval_units and cfg.eval_every and done % cfg.eval_every == 0 and done < max_steps:
             metrics.update(evaluate(model, acc, eval_rows, eval_units, cfg, tok.pad_token_id))
-        if done % cfg.log_every == 0 or done == max_steps or "eval/loss" in metrics:
-            log.log(done, metrics)
-        bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
-        if cfg.save_every and done % cfg.save_every == 0 and done < max_steps and acc.is_main_process:
-            common.save_checkpoint(ckpt_dir, done, acc.unwrap_model(model), optimizer, scheduler, cfg.keep_checkpoints)
-        acc.wait_for_everyone()
-    bar.close()
+        run.step_done(done, metrics, n_global, force_log="eval/loss" in metrics)
+    run.close()
 
     if eval_units:
         metrics.update(evaluate(model, acc, eval_rows, eval_units, cfg, tok.pad_token_id))
-        log.log(max_steps, {k: v for k, v in metrics.items() if k.startswith("eval/")})
-    log.close()
+        run.log.log(max_steps, {k: v for k, v in metrics.items() if k.startswith("eval/")})
     if acc.is_main_process:
         where = save_final(cfg, acc.unwrap_model(model), tok, renderer.stop_token_ids())
         print(f"sft: done; model saved to {where}")
     acc.wait_for_everyone()
-    return metrics
+    return run.finish(metrics)
