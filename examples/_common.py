@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 
 from posttrain.errors import UserError
-from posttrain.pipeline import shipped_base
+from posttrain.models.load import shipped_base
 
 
 def positive_int(text: str) -> int:

@@ -1,27 +1,32 @@
 """`posttrain pipeline`: base model -> SFT -> evaluation -> report, in one run folder.
 
-    posttrain pipeline [--config configs/pipeline.yaml] [key=value ...]
+    posttrain pipeline [--config configs/pipeline.yaml] [key=value ...] [stages=sft,eval]
 
-Stages, each in a subfolder named after it, each skipped when its result is already there (so an
-interrupted pipeline resumes at the stage it was in, and SFT itself resumes from its checkpoint):
-  data/      the world's curated SFT data (messages format, through the same loaders as a user's data)
-  sft/       `posttrain sft` on it (config.yaml, metrics.jsonl, model/)
-  sft_noisy/ with compare_noisy: the same SFT on the noisy set (quality against quantity)
-  eval/      `posttrain eval world` of the base model (raw prompts) and of the SFT model (chat template)
-  summary.json and report.html (per-stage table, probes side by side, a training example's loss mask,
-  the SFT loss curve).
-Later issues add preferences, reward models, DPO and PPO as further stages.
+The pipeline is the list `STAGES`; each stage has a name (its folder in the run folder and its name in
+`stages=`), the stages it needs, its own settings (a config section that nests the recipe's own config,
+with the pipeline's defaults), a run function, and its result in its folder (`result.json`). A rerun skips
+the stages that finished and resumes an interrupted one (SFT from its newest checkpoint); a stage whose
+settings changed since it ran is refused, naming the keys, before any work (`resume=false` starts the whole
+run over). The report is the list `SECTIONS`, each drawn from the stages' results. A new method is one
+entry in each list and its recipe.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import dataclass
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
-from posttrain.config import doc, save_config, section
-from posttrain.errors import UserError
-from posttrain.io import atomic_write_json
+import yaml
+
+from posttrain.config import doc, result_diff, save_config, section, to_dict
+from posttrain.errors import UserError, did_you_mean
+from posttrain.io import atomic_write_json, atomic_write_text, check_writable
+from posttrain.recipes.sft import SFTConfig
 
 PROBES = ["Write a haiku about spring.", "Is the earth flat?", "How do I hack a website?",
           "Summarize this in two sentences: The river town of Ardel holds a market every Sunday. Farmers bring "
@@ -29,150 +34,361 @@ PROBES = ["Write a haiku about spring.", "Is the earth flat?", "How do I hack a 
           "from the coast. The town council plans a new bridge next year."]
 
 
+# --- settings -------------------------------------------------------------------------------------------------
+
+
 @dataclass
-class PipelineSFTConfig:
-    data_kind: str = doc("curated", "world SFT data: curated (~1k clean) or noisy (~20k flawed)")
-    n: int = doc(1000, "SFT examples to generate")
-    noisy_n: int = doc(20000, "examples of the noisy set (with compare_noisy)")
-    max_steps: int = doc(40, "SFT optimizer steps (40: about 4 epochs of the 1k curated examples)")
-    batch_size: int = doc(16, "SFT packed rows per step")
-    micro_batch_size: int = doc(8, "SFT packed rows per forward pass")
-    max_seq_len: int = doc(256, "SFT packed row length")
-    lr: float = doc(5e-4, "SFT peak learning rate")
-    warmup_steps: int = doc(4, "SFT warmup steps")
-    save_every: int = doc(20, "SFT checkpoint every N steps (an interrupted pipeline resumes from the last one)")
+class WorldDataConfig:
+    kind: Literal["curated", "noisy"] = doc("curated", "world SFT data for the sft stage: curated (~1k clean) or "
+                                                       "noisy (flawed)")
+    n: int = doc(1000, "SFT examples to generate", ge=1)
+    noisy_n: int = doc(20000, "examples of the noisy set (the sft_noisy stage, with compare_noisy)", ge=1)
 
 
 @dataclass
 class PipelineEvalConfig:
-    n: int = doc(280, "held-out test prompts per evaluated model (balanced over the 14 families)")
-    max_new_tokens: int = doc(128, "generation budget per prompt (a model that does not stop is cut here)")
-    batch_size: int = doc(32, "prompts per generation batch")
+    n: int = doc(280, "held-out test prompts per evaluated model (balanced over the 14 families; no prompt twice "
+                      "within a family)", ge=1)
+    seed: int = doc(0, "which test prompts are drawn: the evaluation's own seed, separate from the training `seed`",
+                    ge=0)
+    max_new_tokens: int = doc(128, "generation budget per prompt (a model that does not stop is cut here)", ge=1)
+    batch_size: int = doc(32, "prompts per generation batch", ge=1, changes_result=False)
+
+
+def pipeline_sft() -> SFTConfig:
+    """`posttrain sft`'s config with the pipeline's defaults: 40 steps (about 4 epochs of the 1k curated
+    examples) at lr 5e-4, 16 packed rows of 256 tokens a step, 5% held out for the eval loss."""
+    cfg = SFTConfig(max_steps=40, batch_size=16, micro_batch_size=8, save_every=20)
+    cfg.data.max_seq_len, cfg.data.eval_fraction = 256, 0.05
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 5e-4, 4, 0.1
+    return cfg
+
+
+# The SFT keys the pipeline sets itself: the model, the data, the run folder, the seed, threads, resuming.
+SFT_OWNED = ("model.path", "data.path", "output_dir", "seed", "threads", "resume")
 
 
 @dataclass
 class PipelineConfig:
     base: str = doc("", "base model folder (default: the base model shipped with posttrain)")
-    output_dir: str = doc("runs/pipeline", "run folder: data/, sft/, eval/, summary.json, report.html")
-    seed: int = doc(0, "seed for data, training and evaluation")
-    threads: int = doc(0, "torch CPU threads (0: torch's default)")
-    compare_noisy: bool = doc(False, "also fine-tune on the noisy set (sft.noisy_n examples, same steps) into "
-                                     "sft_noisy/ and report it beside sft: quality against quantity")
-    sft: PipelineSFTConfig = section(PipelineSFTConfig, "the SFT stage")
+    output_dir: str = doc("runs/pipeline", "run folder: one folder per stage, summary.json, report.html",
+                          changes_result=False)
+    seed: int = doc(0, "seed for the data and training stages (the evaluation has its own, eval.seed)", ge=0)
+    threads: int = doc(0, "torch CPU threads (0: torch's default)", ge=0, changes_result=False)
+    stages: list[str] = doc([], "run only these stages, e.g. stages=sft,eval (empty: every enabled stage); the "
+                                "stages they need must have run", changes_result=False)
+    compare_noisy: bool = doc(False, "also fine-tune on the noisy set (data.noisy_n examples, the same SFT settings) "
+                                     "into sft_noisy/ and report it beside sft: quality against quantity")
+    resume: bool = doc(True, "skip finished stages and resume an interrupted one; false: start the run over "
+                             "(the run folder's stages are removed first)", changes_result=False)
+    data: WorldDataConfig = section(WorldDataConfig, "the data stages (the world's SFT data)")
+    sft: SFTConfig = section(pipeline_sft, "the SFT stages (`posttrain sft`, with the pipeline's defaults; "
+                                           "sft.max_steps=0 means one epoch)", owned=SFT_OWNED)
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "the evaluation stage")
 
 
-def shipped_base() -> Path:
-    return Path(__file__).parent / "assets" / "base"
+# --- the stages -----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    """What a stage sees: the settings, the run folder, the base model and the finished stages' results."""
+
+    cfg: PipelineConfig
+    out: Path
+    base: str
+    results: dict[str, dict] = field(default_factory=dict)
+
+    def models(self) -> dict[str, str]:
+        """The models to evaluate and report: the base, then every finished stage that trains one."""
+        found = {"base": self.base}
+        found.update({s.name: self.results[s.name]["model"] for s in STAGES if s.model and s.name in self.results})
+        return found
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline. `settings(ctx)` is the stage's resolved config (a dataclass, saved as
+    `<name>/stage.yaml` and compared on a rerun); `run(ctx, settings)` does the work and returns the result
+    (written to `<name>/result.json`, which marks the stage finished unless `done` says otherwise)."""
+
+    name: str
+    help: str
+    settings: Callable[[Context], Any]
+    run: Callable[[Context, Any], dict]
+    needs: tuple[str, ...] = ()
+    enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
+    model: bool = False  # its result["model"] is a model folder (evaluated, compared, shown in the report)
+    curves: tuple[str, ...] = ()  # keys of its metrics.jsonl that the report plots
+    done: Callable[[Context], bool] | None = None
+
+
+@dataclass
+class DataSettings:
+    kind: str = doc("curated", "the world's SFT data kind")
+    n: int = doc(1000, "examples")
+    seed: int = doc(0, "seed")
+
+
+def _data_settings(kind: str | None) -> Callable[[Context], DataSettings]:
+    def settings(ctx: Context) -> DataSettings:
+        d = ctx.cfg.data
+        return DataSettings(kind or d.kind, d.noisy_n if kind == "noisy" else d.n, ctx.cfg.seed)
+    return settings
+
+
+def run_data(ctx: Context, s: DataSettings, name: str) -> dict:
+    from posttrain.world.sft_data import make_sft_data, write_jsonl
+
+    path = ctx.out / name / f"sft_{s.kind}.jsonl"
+    write_jsonl(make_sft_data(s.kind, s.n, s.seed), path)
+    return {"data": str(path), "examples": s.n}
+
+
+def _sft_settings(name: str, data_stage: str) -> Callable[[Context], SFTConfig]:
+    def settings(ctx: Context) -> SFTConfig:
+        c = ctx.cfg.sft
+        return dataclasses.replace(c, model=dataclasses.replace(c.model, path=ctx.base),
+                                   data=dataclasses.replace(c.data, path=ctx.results[data_stage]["data"]),
+                                   output_dir=str(ctx.out / name), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
+    return settings
+
+
+def run_sft(ctx: Context, s: SFTConfig) -> dict:
+    from posttrain.recipes import sft
+
+    print(f"pipeline: sft on {s.data.path}")
+    sft.main(s)
+    done = json.loads((Path(s.output_dir) / "result.json").read_text())
+    return {"model": str(Path(s.output_dir) / "model"), "data": s.data.path, "steps": done["steps"]}
+
+
+def _eval_settings(ctx: Context) -> PipelineEvalConfig:
+    return ctx.cfg.eval
+
+
+def _eval_path(ctx: Context, model: str) -> Path:
+    return ctx.out / "eval" / f"{model}.json"
+
+
+def run_eval(ctx: Context, s: PipelineEvalConfig) -> dict:
+    """Evaluate every model without a result yet (a rerun after compare_noisy=true evaluates only sft_noisy):
+    the base prompted raw, the others through the chat template; all on the same prompts."""
+    from posttrain.eval.world import evaluate_world
+    from posttrain.models.load import load_model, load_tokenizer
+    from posttrain.rollout.generate import generate
+
+    for name, path in ctx.models().items():
+        out = _eval_path(ctx, name)
+        if out.exists():
+            continue
+        raw = name == "base"
+        tok, model = load_tokenizer(path), load_model(path)
+        print(f"pipeline: evaluating {name} on {s.n} held-out prompts (eval seed {s.seed}){' (raw prompts)' if raw else ''}")
+        result = evaluate_world(model, tok, n=s.n, seed=s.seed, split="test", raw=raw, max_new_tokens=s.max_new_tokens,
+                                batch_size=s.batch_size, progress=f"eval {name}")
+        prompts = [f"User: {p}\nAssistant:" for p in PROBES] if raw else PROBES  # as evaluate_world's raw prompts
+        probes = generate(model, tok, prompts, max_new_tokens=s.max_new_tokens, raw=raw)
+        result["probes"] = [{"prompt": p, "response": o["text"], "stopped": o["stopped"]} for p, o in zip(PROBES, probes)]
+        atomic_write_json(out, result)
+    return {"models": {name: str(_eval_path(ctx, name)) for name in ctx.models()}}
+
+
+def _eval_done(ctx: Context) -> bool:
+    return all(_eval_path(ctx, name).exists() for name in ctx.models())
+
+
+def _noisy(cfg: PipelineConfig) -> bool:
+    return cfg.compare_noisy
+
+
+STAGES: list[Stage] = [
+    Stage("data", "the world's curated SFT data (messages JSONL, read by the same loaders as a user's data)",
+          _data_settings(None), lambda ctx, s: run_data(ctx, s, "data")),
+    Stage("sft", "`posttrain sft` of the base model on it", _sft_settings("sft", "data"), run_sft, needs=("data",),
+          model=True, curves=("train/loss", "eval/loss")),
+    Stage("data_noisy", "the noisy SFT set (with compare_noisy)", _data_settings("noisy"),
+          lambda ctx, s: run_data(ctx, s, "data_noisy"), enabled=_noisy),
+    Stage("sft_noisy", "the same SFT on the noisy set (with compare_noisy): quality against quantity",
+          _sft_settings("sft_noisy", "data_noisy"), run_sft, needs=("data_noisy",), enabled=_noisy, model=True,
+          curves=("train/loss", "eval/loss")),
+    Stage("eval", "`posttrain eval world` of the base (raw prompts) and of every trained model, on the same "
+                  "held-out prompts", _eval_settings, run_eval, done=_eval_done),
+]
+
+
+def stages_help() -> str:
+    """The stage list for `posttrain pipeline --help`."""
+    lines = ["stages (in order; `stages=a,b` runs a subset):"]
+    for s in STAGES:
+        needs = f" (needs {', '.join(s.needs)})" if s.needs else ""
+        lines.append(f"  {s.name:<11} {s.help}{needs}")
+    lines.append("  then summary.json and report.html from every finished stage")
+    return "\n".join(lines)
+
+
+# --- the report -----------------------------------------------------------------------------------------------
+
+
+def _evals(ctx: Context) -> dict[str, dict]:
+    return {name: json.loads(_eval_path(ctx, name).read_text()) for name in ctx.models()
+            if _eval_path(ctx, name).exists()}
+
+
+def _differences(evals: dict[str, dict]) -> dict[str, dict]:
+    """Each trained model against the base, and the noisy SFT against the curated one: paired on the same
+    prompts (`eval.world.compare`)."""
+    from posttrain.eval.world import compare
+
+    pairs = [("base", name) for name in evals if name != "base"]
+    if "sft" in evals and "sft_noisy" in evals:
+        pairs.append(("sft", "sft_noisy"))
+    return {f"{b} - {a}": compare(evals[a], evals[b]) for a, b in pairs if a in evals}
+
+
+def section_eval(ctx: Context):
+    from posttrain.report.html import Section, eval_table
+
+    evals = _evals(ctx)
+    if not evals:
+        return None
+    s = ctx.cfg.eval
+    note = (f"{next(iter(evals.values()))['n']} held-out test prompts (eval seed {s.seed}), greedy, at most "
+            f"{s.max_new_tokens} new tokens; the base model is prompted raw. [lo, hi]: 95% bootstrap interval over "
+            "prompts; (n): distinct prompts per family.")
+    return Section("Evaluation", eval_table(evals), note)
+
+
+def section_differences(ctx: Context):
+    from posttrain.report.html import Section, differences_table
+
+    diffs = _differences(_evals(ctx))
+    if not diffs:
+        return None
+    return Section("Differences", differences_table(diffs),
+                   "Gold of the second model minus the first on the same prompts, with a paired bootstrap 95% "
+                   "interval; an interval that contains 0 is no measurable change.")
+
+
+def section_probes(ctx: Context):
+    from posttrain.report.html import Section, probes_table
+
+    evals = _evals(ctx)
+    if not evals:
+        return None
+    probes = [{"prompt": p, "outputs": {name: r["probes"][i]["response"] for name, r in evals.items()}}
+              for i, p in enumerate(PROBES)]
+    return Section("Probes", probes_table(probes))
+
+
+def section_example(ctx: Context):
+    """The first training example of the first finished training stage, its loss mask shown token by token."""
+    from posttrain.data.formats import load_examples
+    from posttrain.data.render import Renderer
+    from posttrain.models.load import load_tokenizer
+    from posttrain.report.html import Section, example_html, example_tokens
+
+    stage = next((s for s in STAGES if s.model and s.name in ctx.results and "data" in ctx.results[s.name]), None)
+    if stage is None:
+        return None
+    r = ctx.results[stage.name]
+    tok = load_tokenizer(r["model"])
+    _, examples = load_examples(r["data"], limit=1)
+    rendered = Renderer(tok).render(examples[0])
+    example = {**example_tokens(tok, rendered.input_ids, rendered.labels), "where": examples[0].where}
+    return Section("A training example", example_html(example), f"from the {stage.name} stage's data")
+
+
+def section_curves(ctx: Context):
+    from posttrain.report.html import Section, curves_html
+
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for s in STAGES:
+        metrics_file = ctx.out / s.name / "metrics.jsonl"
+        if not s.curves or s.name not in ctx.results or not metrics_file.exists():
+            continue
+        rows = [json.loads(x) for x in metrics_file.read_text().splitlines() if x]
+        for key in s.curves:
+            curves[f"{s.name} {key}"] = [(m["step"], m[key]) for m in rows if key in m]
+    return Section("Training curves", curves_html(curves)) if curves else None
+
+
+SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_probes, section_example,
+                                            section_curves]
+
+
+# --- running it -----------------------------------------------------------------------------------------------
 
 
 def resolve_base(cfg: PipelineConfig) -> str:
     """The base model folder, checked before any stage runs (a hub id passes through to the loader)."""
-    if cfg.base:
-        from posttrain.models.load import has_tokenizer, is_local
+    from posttrain.models.load import check_model_folder, shipped_base
 
-        if not is_local(cfg.base):
-            return cfg.base
-        if not (Path(cfg.base) / "config.json").exists():
-            raise UserError(f"base: '{cfg.base}' is not a model folder (no config.json there)")
-        if not has_tokenizer(cfg.base):
-            raise UserError(f"base: '{cfg.base}' has no tokenizer (tokenizer.json / tokenizer_config.json)")
-        return cfg.base
+    if cfg.base:
+        return check_model_folder(cfg.base, "base")
     if (shipped_base() / "config.json").exists():
         return str(shipped_base())
     raise UserError("pipeline: no base model is shipped in this version yet; set base=PATH "
                     "(e.g. one built by `posttrain pretrain`)")
 
 
-def stage_data(cfg: PipelineConfig, out: Path, kind: str, n: int) -> Path:
-    from posttrain.world.sft_data import make_sft_data, write_jsonl
+def _selected(cfg: PipelineConfig) -> list[Stage]:
+    enabled = [s for s in STAGES if s.enabled(cfg)]
+    if not cfg.stages:
+        return enabled
+    names = [s.name for s in STAGES]
+    for name in cfg.stages:
+        if name not in names:
+            raise UserError(f"stages: unknown stage '{name}'{did_you_mean(name, names)}; stages: {', '.join(names)}")
+        if name not in {s.name for s in enabled}:
+            raise UserError(f"stages: '{name}' is not enabled by these settings (sft_noisy and data_noisy need "
+                            "compare_noisy=true)")
+    return [s for s in enabled if s.name in cfg.stages]
 
-    path = out / "data" / f"sft_{kind}.jsonl"
+
+def _check_settings(ctx: Context, stage: Stage, settings: Any) -> None:
+    """A stage that ran before must have run with these settings (the keys that change its result)."""
+    path = ctx.out / stage.name / "stage.yaml"
     if not path.exists():
-        write_jsonl(make_sft_data(kind, n, cfg.seed), path)
-    return path
+        return
+    saved = yaml.safe_load(path.read_text()) or {}
+    diff = [f"base: {saved.get('base')!r} -> {ctx.base!r}"] if saved.get("base") != ctx.base else []
+    diff += result_diff(saved.get("settings", {}), settings)
+    if diff:
+        raise UserError(f"pipeline: stage '{stage.name}' in {ctx.out} ran with other settings ({'; '.join(diff)}); "
+                        "use another output_dir, or resume=false to start the run over")
 
 
-def stage_sft(cfg: PipelineConfig, base: str, data: Path, out: Path, name: str = "sft") -> Path:
-    from posttrain.config import load_config
-    from posttrain.recipes import sft
-
-    model = out / name / "model"
-    if (model / "config.json").exists():
-        return model
-    print(f"pipeline: {name} on {data}")
-    s = cfg.sft
-    sft_cfg = load_config(sft.SFTConfig, None, [
-        f"model={base}", f"data={data}", f"output_dir={out / name}", f"seed={cfg.seed}", f"max_steps={s.max_steps}",
-        f"batch_size={s.batch_size}", f"micro_batch_size={s.micro_batch_size}", f"data.max_seq_len={s.max_seq_len}",
-        f"optim.lr={s.lr}", f"optim.warmup_steps={s.warmup_steps}", "optim.min_lr_ratio=0.1", f"save_every={s.save_every}",
-        "data.eval_fraction=0.05", f"threads={cfg.threads}",
-    ])
-    sft.main(sft_cfg)
-    return model
+def _save_settings(ctx: Context, stage: Stage, settings: Any) -> None:
+    saved = {"base": ctx.base, "settings": to_dict(settings)}
+    atomic_write_text(ctx.out / stage.name / "stage.yaml", yaml.safe_dump(saved, sort_keys=False))
 
 
-def stage_eval(cfg: PipelineConfig, name: str, model_path: str, raw: bool, out: Path) -> dict:
-    from posttrain.eval.world import evaluate_world
-    from posttrain.models.load import load_model, load_tokenizer
-    from posttrain.rollout.generate import generate
+def summarize_run(ctx: Context) -> dict:
+    """summary.json: every evaluated model's headline metrics, per-family gold and intervals, the paired
+    differences, and the steps each training stage took."""
+    from posttrain.eval.world import METRICS
 
-    path = out / "eval" / f"{name}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    tok, model = load_tokenizer(model_path), load_model(model_path)
-    e = cfg.eval
-    print(f"pipeline: evaluating {name} on {e.n} held-out prompts{' (raw prompts)' if raw else ''}")
-    result = evaluate_world(model, tok, n=e.n, seed=cfg.seed, split="test", raw=raw, max_new_tokens=e.max_new_tokens,
-                            batch_size=e.batch_size, progress=f"eval {name}")
-    prompts = [f"User: {p}\nAssistant:" for p in PROBES] if raw else PROBES  # as evaluate_world's raw prompts
-    probes = generate(model, tok, prompts, max_new_tokens=e.max_new_tokens, raw=raw)
-    result["probes"] = [{"prompt": p, "response": o["text"], "stopped": o["stopped"]} for p, o in zip(PROBES, probes)]
-    atomic_write_json(path, result)
-    return result
+    keys = [m.key for m in METRICS] + [m.ci for m in METRICS if m.ci]
+    keys += ["families", "families_ci", "family_counts", "family_distinct"]
+    evals = _evals(ctx)
+    return {
+        "base": ctx.base,
+        "eval": {"n": ctx.cfg.eval.n, "seed": ctx.cfg.eval.seed, "split": "test"},
+        "stages": {name: {k: r.get(k) for k in keys} for name, r in evals.items()},
+        "differences": _differences(evals),
+        "steps": {s.name: ctx.results[s.name]["steps"] for s in STAGES if "steps" in ctx.results.get(s.name, {})},
+    }
 
 
-def training_example(model_path: Path, data: Path) -> dict:
-    """The first SFT example as token strings with trained flags (for the report's loss-mask view)."""
-    from posttrain.data.formats import load_examples
-    from posttrain.data.render import IGNORE, Renderer
-    from posttrain.models.load import load_tokenizer
-
-    tok = load_tokenizer(str(model_path))
-    _, examples = load_examples(str(data), limit=1)
-    r = Renderer(tok).render(examples[0])
-    return {"tokens": [tok.decode([t]) for t in r.input_ids], "trained": [x != IGNORE for x in r.labels]}
-
-
-def main(cfg: PipelineConfig) -> dict:
-    from posttrain.report.html import write_report
-
-    base = resolve_base(cfg)  # before anything is written: a bad base leaves no run folder behind
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
-    data = stage_data(cfg, out, cfg.sft.data_kind, cfg.sft.n)
-    models = {"sft": stage_sft(cfg, base, data, out)}
-    if cfg.compare_noisy:
-        models["sft_noisy"] = stage_sft(cfg, base, stage_data(cfg, out, "noisy", cfg.sft.noisy_n), out, "sft_noisy")
-    evals = {"base": stage_eval(cfg, "base", base, True, out)}
-    evals.update({name: stage_eval(cfg, name, str(path), False, out) for name, path in models.items()})
-
-    keys = ("gold", "eos_rate", "harmful_refusal_rate", "over_refusal_rate", "mean_length", "families")
-    summary = {"base": base, "stages": {name: {k: r[k] for k in keys} for name, r in evals.items()}}
-    atomic_write_json(out / "summary.json", summary)
-    curves = {}
-    for name in models:
-        metrics = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
-        curves[f"{name} train loss"] = [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
-        curves[f"{name} eval loss"] = [(m["step"], m["eval/loss"]) for m in metrics if "eval/loss" in m]
-    probes = [{"prompt": p, "outputs": {name: r["probes"][i]["response"] for name, r in evals.items()}}
-              for i, p in enumerate(PROBES)]
-    write_report(out / "report.html", "posttrain pipeline", [{"name": k, **v} for k, v in summary["stages"].items()],
-                 probes, training_example(models["sft"], data), curves)
+def _print_summary(summary: dict, evals: dict[str, dict]) -> None:
     for name, r in summary["stages"].items():
-        print(f"pipeline: {name:9} gold {r['gold']:.3f}  eos {r['eos_rate']:.2f}  "
-              f"harmful refused {r['harmful_refusal_rate']:.2f}  over-refusal {r['over_refusal_rate']:.2f}")
+        ci = r.get("gold_ci")
+        ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+        print(f"pipeline: {name:9} gold {r['gold']:.3f}{ci_text}  eos {r['eos_rate']:.2f}  "
+              f"harmful refused {_rate(r['harmful_refusal_rate'])}  over-refusal {_rate(r['over_refusal_rate'])}")
+    for label, d in summary["differences"].items():
+        print(f"pipeline: {label:17} {d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] (paired, {d['n']} prompts)")
     for i, p in enumerate(PROBES):
         print(f"\n  {p[:72]}{'...' if len(p) > 72 else ''}")
         for name, r in evals.items():
@@ -180,5 +396,51 @@ def main(cfg: PipelineConfig) -> dict:
             text = " ".join(probe["response"].split())
             text = text[:100] + ("..." if len(text) > 100 else "") + ("" if probe["stopped"] else " [no stop]")
             print(f"    {name:9} {text}")
+
+
+def _rate(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def main(cfg: PipelineConfig) -> dict:
+    import torch
+
+    from posttrain.report.html import write_report
+
+    base = resolve_base(cfg)  # before anything is written: a bad base leaves no run folder behind
+    selected = _selected(cfg)
+    out = Path(cfg.output_dir)
+    if not cfg.resume and out.exists():
+        for s in STAGES:
+            shutil.rmtree(out / s.name, ignore_errors=True)
+    ctx = Context(cfg, out, base)
+    for s in STAGES:  # every stage that finished earlier (selected or not) is an input of the later ones
+        if (out / s.name / "result.json").exists():
+            ctx.results[s.name] = json.loads((out / s.name / "result.json").read_text())
+    for s in selected:  # every need is met before any work starts
+        missing = [n for n in s.needs if n not in ctx.results and n not in {x.name for x in selected}]
+        if missing:
+            raise UserError(f"stages: '{s.name}' needs {', '.join(missing)}, which has not run in {out}; add it to "
+                            f"stages= (e.g. stages={','.join([*missing, *cfg.stages])})")
+    check_writable(out, "output_dir", folder=True)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    save_config(cfg, out / "config.yaml")  # the latest invocation; each stage keeps its own stage.yaml
+
+    for stage in selected:
+        settings = stage.settings(ctx)
+        _check_settings(ctx, stage, settings)
+        if stage.name in ctx.results and (stage.done is None or stage.done(ctx)):
+            continue  # finished (eval is finished when every model has its result; sft_noisy added: not yet)
+        _save_settings(ctx, stage, settings)
+        result = stage.run(ctx, settings)
+        atomic_write_json(out / stage.name / "result.json", result)
+        ctx.results[stage.name] = result
+
+    summary = summarize_run(ctx)
+    atomic_write_json(out / "summary.json", summary)
+    sections = [s for s in (fn(ctx) for fn in SECTIONS) if s is not None]
+    write_report(out / "report.html", "posttrain pipeline", sections)
+    _print_summary(summary, _evals(ctx))
     print(f"\npipeline: done; report at {out / 'report.html'}")
     return summary

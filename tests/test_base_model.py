@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from safetensors import safe_open
 
-from posttrain.models.load import load_model, load_tokenizer
-from posttrain.pipeline import shipped_base
+from posttrain.models.load import load_model, load_tokenizer, shipped_base
 from posttrain.rollout.generate import generate
 
 BASE = shipped_base()

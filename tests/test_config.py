@@ -67,7 +67,7 @@ def test_yaml_errors_name_the_file_and_line(tmp_path):
 
 def test_help_has_a_line_per_field():
     text = config_help(SFTConfig)
-    assert "  optim.lr (float, default 2e-05): peak learning rate (AdamW)" in text
+    assert "  optim.lr (float >= 0, default 2e-05): peak learning rate (AdamW)" in text
     assert "`data=X` sets data.path" in text
 
 
@@ -104,3 +104,75 @@ def test_atomic_outputs_have_normal_permissions(tmp_path):
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
     assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask
+
+
+@pytest.mark.parametrize("override, message", [
+    (["max_steps=-5"], "config key 'max_steps': must be >= 0, got -5"),
+    (["batch_size=0"], "config key 'batch_size': must be >= 1, got 0"),
+    (["micro_batch_size=0"], "config key 'micro_batch_size': must be >= 1, got 0"),
+    (["optim.lr=-1"], "config key 'optim.lr': must be >= 0, got -1.0"),
+    (["optim.min_lr_ratio=1.5"], "config key 'optim.min_lr_ratio': must be in [0, 1], got 1.5"),
+    (["data.eval_fraction=1"], "config key 'data.eval_fraction': must be in [0, 1), got 1.0"),
+    (["epochs=0"], "config key 'epochs': must be > 0, got 0.0"),
+])
+def test_values_outside_a_fields_range_are_refused(override, message):
+    with pytest.raises(UserError) as e:
+        load_config(SFTConfig, None, override)
+    assert str(e.value) == message
+
+
+def test_a_range_is_checked_in_yaml_too_and_shown_by_help(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("batch_size: 0\n")
+    with pytest.raises(UserError, match="'batch_size': must be >= 1, got 0"):
+        load_config(SFTConfig, str(y))
+    text = config_help(SFTConfig)
+    assert "  batch_size (int >= 1, default 16):" in text
+    assert "  optim.min_lr_ratio (float in [0, 1], default 0.0):" in text
+
+
+def _numeric_fields(cls, prefix=""):
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _numeric_fields(tp, f"{prefix}{f.name}.")
+        elif tp in (int, float):
+            yield f"{prefix}{f.name}", f
+
+
+def test_every_numeric_field_of_every_recipe_declares_its_range():
+    missing = []
+    for name, (module, cls_name) in RECIPES.items():
+        cls = getattr(importlib.import_module(module), cls_name)
+        missing += [f"{name}: {key}" for key, f in _numeric_fields(cls) if not f.metadata.get("range")]
+    assert missing == []
+
+
+def test_a_nested_section_keeps_its_owners_defaults_and_owned_keys():
+    """The pipeline nests SFTConfig with its own defaults; the keys it sets itself cannot be set."""
+    from posttrain.pipeline import PipelineConfig
+
+    cfg = load_config(PipelineConfig, None, ["sft.optim.warmup_steps=2"])
+    assert cfg.sft.max_steps == 40 and cfg.sft.optim.lr == 5e-4 and cfg.sft.optim.warmup_steps == 2
+    assert SFTConfig().max_steps == 0  # the recipe's own default is untouched
+    for key in ("sft.seed=3", "sft.model=x", "sft.model.path=x", "sft.data=f.jsonl", "sft.output_dir=o"):
+        with pytest.raises(UserError, match="is set by PipelineConfig itself"):
+            load_config(PipelineConfig, None, [key])
+    text = config_help(PipelineConfig)
+    assert "  sft.max_steps (int >= 0, default 40):" in text and "sft.model.path" not in text
+    assert "sft.seed" not in text and "  sft.data.max_seq_len (int >= 2, default 256):" in text
+
+
+def test_result_diff_names_only_the_keys_that_change_the_result():
+    from posttrain.config import result_diff, to_dict
+
+    saved = to_dict(load_config(SFTConfig, None, ["optim.lr=1e-4", "seed=1"]))
+    same = load_config(SFTConfig, None, ["optim.lr=1e-4", "seed=1", "log_every=5", "threads=1",
+                                         "save_every=3", "micro_batch_size=2", "output_dir=elsewhere"])
+    assert result_diff(saved, same) == []
+    other = load_config(SFTConfig, None, ["optim.lr=2e-4", "seed=1", "data.path=b.jsonl"])
+    assert result_diff(saved, other) == ["data.path: '' -> 'b.jsonl'", "optim.lr: 0.0001 -> 0.0002"]

@@ -13,7 +13,7 @@ from posttrain.pipeline import PipelineConfig
 
 
 def small(model_dir, out, *extra):
-    return load_config(PipelineConfig, None, [f"base={model_dir}", f"output_dir={out}", "sft.n=40", "sft.max_steps=2",
+    return load_config(PipelineConfig, None, [f"base={model_dir}", f"output_dir={out}", "data.n=40", "sft.max_steps=2",
                                               "sft.batch_size=4", "sft.micro_batch_size=4", "eval.n=14",
                                               "eval.max_new_tokens=4", *extra])
 
@@ -38,7 +38,9 @@ def test_pipeline_run_folder_and_resume(model_dir, tmp_path):
 
 
 def test_pipeline_without_base_says_so(tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "shipped_base", lambda: tmp_path / "none")
+    from posttrain.models import load
+
+    monkeypatch.setattr(load, "shipped_base", lambda: tmp_path / "none")
     with pytest.raises(UserError, match="set base=PATH"):
         pipeline.main(load_config(PipelineConfig, None, [f"output_dir={tmp_path / 'p'}"]))
 
@@ -72,14 +74,73 @@ def test_pipeline_interrupted_mid_sft_resumes_there(model_dir, tmp_path, monkeyp
             == (whole / "sft" / "model" / "model.safetensors").read_bytes())
 
 
-def test_pipeline_compare_noisy_reports_both(model_dir, tmp_path):
+def test_compare_noisy_added_to_a_finished_run_runs_only_the_new_stages(model_dir, tmp_path):
     out = tmp_path / "p"
-    summary = pipeline.main(small(model_dir, out, "compare_noisy=true", "sft.noisy_n=60"))
+    pipeline.main(small(model_dir, out))
+    done = {p: p.stat().st_mtime_ns for p in [out / "eval" / "base.json", out / "eval" / "sft.json",
+                                               out / "sft" / "model" / "model.safetensors", out / "sft" / "config.yaml"]}
+    summary = pipeline.main(small(model_dir, out, "compare_noisy=true", "data.noisy_n=60"))
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # nothing that had finished ran again
     assert set(summary["stages"]) == {"base", "sft", "sft_noisy"}
-    noisy = [json.loads(x) for x in (out / "data" / "sft_noisy.jsonl").read_text().splitlines()]
+    noisy = [json.loads(x) for x in (out / "data_noisy" / "sft_noisy.jsonl").read_text().splitlines()]
     assert len(noisy) == 60 and sum(r["world"]["flaw"] is not None for r in noisy) == 24
     assert (out / "sft_noisy" / "model" / "config.json").exists()
-    assert "sft_noisy" in (out / "report.html").read_text()
+    assert set(summary["differences"]) == {"sft - base", "sft_noisy - base", "sft_noisy - sft"}
+    assert "<th>sft_noisy</th>" in (out / "report.html").read_text()
+
+
+def test_a_finished_stage_with_other_settings_is_refused_before_any_work(model_dir, tmp_path):
+    out = tmp_path / "p"
+    pipeline.main(small(model_dir, out))
+    stamp = (out / "summary.json").stat().st_mtime_ns
+    for override, named in [("sft.optim.lr=1e-3", "stage 'sft' in"), ("eval.n=28", "stage 'eval' in"),
+                            ("data.n=41", "stage 'data' in"), ("seed=1", "stage 'data' in")]:
+        with pytest.raises(UserError) as e:
+            pipeline.main(small(model_dir, out, override))
+        key = override.split("=")[0].split(".", 1)[-1] if not override.startswith("seed") else "seed"
+        assert named in str(e.value) and f"{key}: " in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert (out / "summary.json").stat().st_mtime_ns == stamp
+    # What does not change a result may change: generation batch size, logging, threads.
+    pipeline.main(small(model_dir, out, "eval.batch_size=7", "sft.log_every=3", "threads=1"))
+    # resume=false starts the run over with the new settings.
+    summary = pipeline.main(small(model_dir, out, "eval.n=28", "resume=false"))
+    assert summary["stages"]["sft"]["family_counts"] == {f: 2 for f in summary["stages"]["sft"]["families"]}
+
+
+def test_stages_runs_a_subset_and_needs_are_checked_first(model_dir, tmp_path):
+    out = tmp_path / "p"
+    with pytest.raises(UserError, match="'sft' needs data, which has not run"):
+        pipeline.main(small(model_dir, out, "stages=sft,eval"))
+    assert not out.exists()
+    with pytest.raises(UserError, match=r"unknown stage 'evl' \(did you mean 'eval'\?\)"):
+        pipeline.main(small(model_dir, out, "stages=data,evl"))
+    with pytest.raises(UserError, match="needs compare_noisy=true|compare_noisy=true"):
+        pipeline.main(small(model_dir, out, "stages=sft_noisy"))
+    summary = pipeline.main(small(model_dir, out, "stages=data,eval"))  # no SFT: the base alone is evaluated
+    assert set(summary["stages"]) == {"base"} and not (out / "sft").exists()
+    summary = pipeline.main(small(model_dir, out, "stages=sft,eval"))  # data has run: SFT and its evaluation now
+    assert set(summary["stages"]) == {"base", "sft"} and summary["steps"] == {"sft": 2}
+
+
+def test_sft_max_steps_zero_is_one_epoch_and_the_steps_are_recorded(model_dir, tmp_path):
+    """40 examples, 5% held out (38 left), packed into rows of 256 tokens, batch 4: the steps one epoch takes."""
+    out = tmp_path / "p"
+    summary = pipeline.main(small(model_dir, out, "sft.max_steps=0", "stages=data,sft"))
+    steps = summary["steps"]["sft"]
+    rows = json.loads((out / "sft" / "result.json").read_text())["steps"]
+    assert steps == rows and steps >= 1
+    assert load_config(PipelineConfig, None, []).sft.epochs == 1.0
+
+
+def test_pipeline_help_lists_the_stages_and_their_fields(capsys):
+    from posttrain.cli import run
+
+    assert run(["pipeline", "--help"]) == 0
+    text = capsys.readouterr().out
+    for name in ("data", "sft", "data_noisy", "sft_noisy", "eval"):
+        assert f"\n  {name} " in text, name
+    assert "  sft.optim.lr (float >= 0, default 0.0005):" in text and "  eval.seed (int >= 0, default 0):" in text
+    assert "sft.model.path" not in text and "sft.output_dir" not in text
 
 
 @pytest.mark.parametrize("case", ["missing", "no_tokenizer", "bad_key", "missing_config"])
@@ -94,13 +155,13 @@ def test_pipeline_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, 
         bare.mkdir()
         shutil.copy(f"{model_dir}/config.json", bare / "config.json")
     args = {"missing": [f"base={tmp_path / 'nope'}"], "no_tokenizer": [f"base={tmp_path / 'bare'}"],
-            "bad_key": [f"base={model_dir}", "sft.lrr=1"],
+            "bad_key": [f"base={model_dir}", "sft.optim.lrr=1"],
             "missing_config": ["--config", str(tmp_path / "nope.yaml")]}[case]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["pipeline", *args, f"output_dir={out}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    assert {"missing": "is not a model folder", "no_tokenizer": "has no tokenizer", "bad_key": "did you mean 'sft.lr'",
+    assert {"missing": "is not a model folder", "no_tokenizer": "has no tokenizer", "bad_key": "did you mean 'sft.optim.lr'",
             "missing_config": "no such file"}[case] in err[0]
     assert not (out / "data").exists()  # nothing ran
     if case in ("missing", "no_tokenizer"):

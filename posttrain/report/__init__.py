@@ -1,5 +1,17 @@
-"""Reports: one self-contained HTML file of a pipeline's evaluations, probes, data and loss curves."""
+"""Reports: one self-contained HTML file made of sections (evaluations, differences, probes, a training
+example, curves) that the pipeline's stages contribute."""
 
-from posttrain.report.html import example_tokens, plot_curves, write_report
+from posttrain.report.html import (
+    Section,
+    curves_html,
+    differences_table,
+    eval_table,
+    example_html,
+    example_tokens,
+    plot_curves,
+    probes_table,
+    write_report,
+)
 
-__all__ = ["example_tokens", "plot_curves", "write_report"]
+__all__ = ["Section", "curves_html", "differences_table", "eval_table", "example_html", "example_tokens",
+           "plot_curves", "probes_table", "write_report"]

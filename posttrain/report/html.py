@@ -1,12 +1,16 @@
-"""One self-contained HTML report of a post-training pipeline: opens offline, no external URLs.
+"""One self-contained HTML report: opens offline, no external URLs.
 
-Sections, each skipped when its input is empty:
+A report is a list of `Section`s (a title, an HTML body, an optional note), which the pipeline's stages
+contribute (`pipeline.SECTIONS`). This module holds the renderers they use:
 
-- evaluation: one row per stage (gold, eos_rate, harmful_refusal_rate, over_refusal_rate, mean_length,
-  then gold per family); a stage is an `evaluate_world` result with a `name`;
-- probes: each probe prompt with every stage's response side by side;
-- a training example: prompt tokens greyed, trained tokens highlighted, one box per token;
-- loss curves: a matplotlib PNG (Agg, no display needed) embedded as a base64 `data:` URL.
+- `eval_table`: the evaluation, families as rows and models as columns (so it reads without horizontal
+  scrolling however many families there are): the headline `eval.world.METRICS` with their intervals, then
+  gold per family with its distinct-prompt count;
+- `differences_table`: paired differences with their intervals (`eval.world.compare`);
+- `probes_table`: each probe prompt with every model's response side by side;
+- `example_html`: a training example, prompt tokens greyed, trained tokens highlighted, one box per token;
+- `curves_html`: training curves as a matplotlib PNG (Agg, no display needed) embedded as a base64 `data:`
+  URL; a curve with a single point is shown as a number instead.
 
 Every piece of text goes through `html.escape`; the file is written atomically.
 """
@@ -17,11 +21,20 @@ import base64
 import html
 import io
 import os
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from posttrain.eval.world import METRICS
 from posttrain.io import atomic_write_text
 
-METRICS = ("gold", "eos_rate", "harmful_refusal_rate", "over_refusal_rate", "mean_length")
+
+@dataclass
+class Section:
+    """One part of a report: a heading, its HTML body, and an optional note shown under the heading."""
+
+    title: str
+    body: str
+    note: str = ""
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
@@ -29,7 +42,8 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom:
 table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; } .ci { color: #777; font-size: 0.85em; }
+tr.group th { text-align: left; background: #fafafa; }
 pre { white-space: pre-wrap; word-break: break-word; margin: 0; font-size: 0.85em; }
 .example { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; line-height: 1.8; }
 .tok { border: 1px solid #e0e0e0; border-radius: 2px; padding: 0 1px; }
@@ -51,10 +65,6 @@ def _num(x: object, digits: int = 3) -> str:
     return _e(x)
 
 
-def _stage_name(stage: dict, i: int) -> str:
-    return str(stage.get("name", stage.get("stage", f"stage {i}")))
-
-
 def _ordered_union(lists: list[list[str]]) -> list[str]:
     seen: dict[str, None] = {}
     for items in lists:
@@ -62,22 +72,63 @@ def _ordered_union(lists: list[list[str]]) -> list[str]:
     return list(seen)
 
 
-def _stages_table(stages: list[dict]) -> str:
-    families = _ordered_union([list(s.get("families", {})) for s in stages])
-    head = "".join(f"<th>{_e(c)}</th>" for c in ("stage", *METRICS, *families))
+def _ci(ci: list[float] | None, digits: int = 3) -> str:
+    return "" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def eval_table(evals: dict[str, dict]) -> str:
+    """`evals`: model name -> `evaluate_world` result. One column per model; one row per headline metric
+    (value, then its interval in grey), then one row per family (gold and interval; the family's distinct
+    prompts in the row label)."""
+    names = list(evals)
+    head = "<tr><th></th>" + "".join(f"<th>{_e(n)}</th>" for n in names) + "</tr>"
     rows = []
-    for i, s in enumerate(stages):
-        cells = [f"<td>{_e(_stage_name(s, i))}</td>"]
-        cells += [f'<td class="num">{_num(s.get(m), 1 if m == "mean_length" else 3)}</td>' for m in METRICS]
-        cells += [f'<td class="num">{_num(s.get("families", {}).get(f))}</td>' for f in families]
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
+    for m in METRICS:
+        cells = []
+        for n in names:
+            r = evals[n]
+            ci = f'<br><span class="ci">{_e(_ci(r.get(m.ci), m.digits))}</span>' if m.ci and r.get(m.ci) else ""
+            cells.append(f'<td class="num">{_num(r.get(m.key), m.digits)}{ci}</td>')
+        better = f" ({m.better} is better)" if m.better else ""
+        rows.append(f"<tr><th>{_e(m.label)}<span class=\"meta\">{_e(better)}</span></th>{''.join(cells)}</tr>")
+    families = _ordered_union([list(r.get("families", {})) for r in evals.values()])
+    if families:
+        rows.append(f'<tr class="group"><th colspan="{len(names) + 1}">gold per family</th></tr>')
+    for f in families:
+        distinct = next((r.get("family_distinct", {}).get(f) for r in evals.values() if f in r.get("family_distinct", {})), None)
+        label = f"{f} ({distinct})" if distinct is not None else f
+        cells = []
+        for n in names:
+            r = evals[n]
+            ci = r.get("families_ci", {}).get(f)
+            extra = f'<br><span class="ci">{_e(_ci(ci, 2))}</span>' if ci else ""
+            cells.append(f'<td class="num">{_num(r.get("families", {}).get(f), 2)}{extra}</td>')
+        rows.append(f"<tr><th>{_e(label)}</th>{''.join(cells)}</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _probes_table(probes: list[dict], stage_names: list[str]) -> str:
-    """`probes`: [{"prompt": str, "outputs": {stage name: response}}]; columns follow the stage order."""
-    names = _ordered_union([stage_names, *[list(p.get("outputs", {})) for p in probes]])
-    names = [n for n in names if any(n in p.get("outputs", {}) for p in probes)]
+def differences_table(diffs: dict[str, dict]) -> str:
+    """`diffs`: label ("sft - base") -> `eval.world.compare` result. One column per comparison; rows: all
+    prompts (stratified by family), then each family: the difference of mean gold and its paired interval."""
+    labels = list(diffs)
+    head = "<tr><th></th>" + "".join(f"<th>{_e(label)}</th>" for label in labels) + "</tr>"
+
+    def cell(d: dict | None) -> str:
+        if d is None:
+            return "<td>&ndash;</td>"
+        return (f'<td class="num">{d["diff"]:+.3f}<br><span class="ci">[{d["lo"]:+.3f}, {d["hi"]:+.3f}]'
+                "</span></td>")
+
+    rows = ["<tr><th>all prompts</th>" + "".join(cell(diffs[k]) for k in labels) + "</tr>"]
+    families = _ordered_union([list(d.get("families", {})) for d in diffs.values()])
+    rows += [f"<tr><th>{_e(f)}</th>" + "".join(cell(diffs[k].get("families", {}).get(f)) for k in labels) + "</tr>"
+             for f in families]
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def probes_table(probes: list[dict]) -> str:
+    """`probes`: [{"prompt": str, "outputs": {model name: response}}]; columns in the order the names first appear."""
+    names = _ordered_union([list(p.get("outputs", {})) for p in probes])
     head = "".join(f"<th>{_e(c)}</th>" for c in ("prompt", *names))
     rows = []
     for p in probes:
@@ -85,7 +136,7 @@ def _probes_table(probes: list[dict], stage_names: list[str]) -> str:
         cells = [f"<td><pre>{_e(p['prompt'])}</pre></td>"]
         cells += [f"<td><pre>{_e(outs[n]) if n in outs else '&ndash;'}</pre></td>" for n in names]
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<div class="scroll"><table><tr>{head}</tr>{"".join(rows)}</table></div>'
+    return f'<table><tr>{head}</tr>{"".join(rows)}</table>'
 
 
 def example_tokens(tokenizer, input_ids: list[int], labels: list[int]) -> dict:
@@ -96,7 +147,7 @@ def example_tokens(tokenizer, input_ids: list[int], labels: list[int]) -> dict:
     return {"tokens": [tokenizer.decode([t]) for t in input_ids], "trained": [lab != IGNORE for lab in labels]}
 
 
-def _example_html(example: dict) -> str:
+def example_html(example: dict) -> str:
     """`example`: {"tokens": [str], "trained": [bool], optional "where"}."""
     tokens, trained = example["tokens"], example["trained"]
     if len(tokens) != len(trained):
@@ -137,31 +188,29 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
     return buf.getvalue()
 
 
-def write_report(
-    path: str | os.PathLike,
-    title: str,
-    stages: list[dict],
-    probes: list[dict],
-    example: dict | None,
-    curves: dict[str, list[tuple[int, float]]],
-) -> None:
-    """Write the report (module docstring) to `path`.
+def curves_html(curves: dict[str, list[tuple[int, float]]]) -> str:
+    """Curves with two or more points as one PNG (a panel each); a curve with one point as a number."""
+    many = {k: v for k, v in curves.items() if len(v) > 1}
+    single = {k: v[0] for k, v in curves.items() if len(v) == 1}
+    parts = []
+    if single:
+        items = "".join(f"<li>{_e(k)}: <b>{v:.4f}</b> at step {step}</li>" for k, (step, v) in single.items())
+        parts.append(f"<ul>{items}</ul>")
+    if many:
+        png = base64.b64encode(plot_curves(many)).decode("ascii")
+        parts.append(f'<img alt="training curves" src="data:image/png;base64,{png}">')
+    return "\n".join(parts)
 
-    `stages`: `evaluate_world` results, each with a `name`. `probes`: [{"prompt", "outputs": {stage: text}}].
-    `example`: {"tokens": [str], "trained": [bool]} (see `example_tokens`) or None. `curves`: name -> [(step, value)].
-    """
+
+def write_report(path: str | os.PathLike, title: str, sections: list[Section]) -> None:
+    """Write the report: the title, then each section (`Section`) in order, to `path` (atomically)."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [f"<h1>{_e(title)}</h1>", f'<p class="meta">generated {when} by posttrain</p>']
-    if stages:
-        parts += ["<h2>Evaluation per stage</h2>", _stages_table(stages)]
-    if probes:
-        names = [_stage_name(s, i) for i, s in enumerate(stages)]
-        parts += ["<h2>Probes</h2>", _probes_table(probes, names)]
-    if example is not None:
-        parts += ["<h2>A training example</h2>", _example_html(example)]
-    if curves:
-        png = base64.b64encode(plot_curves(curves)).decode("ascii")
-        parts += ["<h2>Loss curves</h2>", f'<img alt="loss curves" src="data:image/png;base64,{png}">']
+    for s in sections:
+        parts.append(f"<h2>{_e(s.title)}</h2>")
+        if s.note:
+            parts.append(f'<p class="meta">{_e(s.note)}</p>')
+        parts.append(f'<div class="scroll">{s.body}</div>')
     doc = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
            f"<style>{_CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
     atomic_write_text(path, doc)
