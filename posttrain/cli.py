@@ -7,7 +7,8 @@
     posttrain data check FILE [--model PATH] [--json]
     posttrain generate --model PATH --prompt TEXT [--prompt TEXT ...]
     posttrain merge --adapter DIR --out DIR
-    posttrain eval world --model PATH [--raw] [--n 300] [--out FILE]
+    posttrain eval world --model PATH [--raw] [--n 300] [--seed S] [--out FILE]
+    posttrain eval compare A.json B.json
     posttrain world sft-data --kind curated|noisy --n N --out FILE
     posttrain world corpus --n N --out FILE
     posttrain world tasks --split train|test --n N [--family F ...] [--json]
@@ -23,7 +24,9 @@ import importlib
 import os
 import sys
 
+from posttrain.config import check_flags
 from posttrain.errors import TrainingDiverged, UserError, did_you_mean
+from posttrain.io import check_writable
 
 # recipe name -> module with a `<Name>Config` dataclass and `main(cfg)`
 RECIPES = {
@@ -49,7 +52,10 @@ def _recipe(name: str, argv: list[str]) -> int:
     if unknown:
         raise UserError(f"unknown option {unknown[0]}; overrides are key=value (see posttrain {name} --help)")
     if args.help:
-        print(f"usage: posttrain {name} [--config FILE] [key=value ...]\n\n{module.__doc__.strip()}\n\nfields:")
+        print(f"usage: posttrain {name} [--config FILE] [key=value ...]\n\n{module.__doc__.strip()}\n")
+        if hasattr(module, "stages_help"):
+            print(module.stages_help() + "\n")
+        print("fields (type and valid range, default):")
         print(config_help(cls))
         return 0
     cfg = load_config(cls, args.config, args.overrides)
@@ -66,12 +72,24 @@ def _data(argv: list[str]) -> int:
     c.add_argument("--format", default="auto")
     c.add_argument("--max-seq-len", type=int, default=1024)
     c.add_argument("--json", action="store_true", help="print one JSON object")
-    c.add_argument("--show", type=int, default=2, help="examples to render")
+    c.add_argument("--show", type=int, default=2, help="examples to render (0: none)")
     args = p.parse_args(argv)
+    if args.max_seq_len < 1:
+        raise UserError(f"data check: --max-seq-len must be at least 1, got {args.max_seq_len}")
+    if args.show < 0:
+        raise UserError(f"data check: --show must be 0 or more, got {args.show}")
     from posttrain.data.check import run_check
+    from posttrain.data.formats import load_examples
+    from posttrain.models.load import load_tokenizer
+    from posttrain.models.tiny import stand_in_tokenizer
 
-    return run_check(args.file, model=args.model, fmt=args.format, max_seq_len=args.max_seq_len,
-                     as_json=args.json, show=args.show)
+    tok = load_tokenizer(args.model) if args.model else None  # a bad --model fails before the file is read
+    fmt, examples = load_examples(args.file, args.format)
+    name = args.model
+    if tok is None:
+        tok, name = stand_in_tokenizer(examples), "stand-in BPE trained on this file"
+    return run_check(args.file, fmt, examples, tok, name, max_seq_len=args.max_seq_len, as_json=args.json,
+                     show=args.show)
 
 
 def _generate(argv: list[str]) -> int:
@@ -88,6 +106,7 @@ def _generate(argv: list[str]) -> int:
     p.add_argument("--raw", action="store_true", help="feed the prompt as plain text, without the chat template")
     p.add_argument("--json", action="store_true", help="print a JSON list of {prompt, response}")
     args = p.parse_args(argv)
+    check_flags(args, max_new_tokens={"ge": 1}, temperature={"ge": 0}, top_p={"gt": 0, "le": 1}, batch_size={"ge": 1})
     from posttrain.rollout.generate import generate_cli
 
     return generate_cli(args)
@@ -99,6 +118,7 @@ def _merge(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--base", help="base model (default: the one named in adapter_config.json)")
     args = p.parse_args(argv)
+    check_writable(args.out, "--out", folder=True)
     from posttrain.models.lora import merge_adapter
 
     merge_adapter(args.adapter, args.out, args.base)
@@ -118,6 +138,8 @@ def _init_model(argv: list[str]) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    check_flags(args, vocab_size={"ge": 263}, hidden={"ge": 1}, layers={"ge": 1}, heads={"ge": 1})
+    check_writable(args.out, "--out", folder=True)
     from posttrain.models.tiny import build_tiny
 
     build_tiny(args.arch, args.data, args.out, vocab_size=args.vocab_size, hidden=args.hidden,
@@ -127,12 +149,13 @@ def _init_model(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    if not argv or argv[0] != "world":
+    if not argv or argv[0] not in ("world", "compare"):
         raise UserError("usage: posttrain eval world --model PATH [--n 300] [--seed S] [--split test] "
-                        "[--family NAME] [--raw] [--out FILE] [--max-new-tokens 128] [--batch-size 16]")
-    from posttrain.eval.world import eval_world_cli
+                        "[--family NAME] [--raw] [--out FILE] [--max-new-tokens 128] [--batch-size 16]; "
+                        "or posttrain eval compare A.json B.json [--json]")
+    from posttrain.eval.world import eval_compare_cli, eval_world_cli
 
-    return eval_world_cli(argv[1:])
+    return (eval_world_cli if argv[0] == "world" else eval_compare_cli)(argv[1:])
 
 
 def _world(argv: list[str]) -> int:
@@ -161,6 +184,11 @@ def main(argv: list[str] | None = None) -> None:
     argv = [a for a in argv if a != "--debug"]
     try:
         code = run(argv)
+        sys.stdout.flush()  # a closed pipe (`posttrain ... | head`) shows up here, inside the handler
+    except BrokenPipeError:
+        # The reader went away: say nothing more (Python's documented recipe: stdout to devnull, exit 1).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 1
     except (UserError, TrainingDiverged) as e:
         if debug:
             raise

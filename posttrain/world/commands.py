@@ -4,7 +4,8 @@
     posttrain world corpus --n N --out FILE [--seed S]
     posttrain world tasks --split train|test --n N [--family F ...] [--seed S] [--json]
 
-Bad input (an unknown kind, family or split; N below 1) is a one-line `UserError`.
+Bad input (an unknown kind, family or split; N below 1; an --out that cannot be written) is a one-line
+`UserError`, raised before any work.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections import Counter
 
 from posttrain.errors import UserError
+from posttrain.io import check_writable
 from posttrain.world.core import check_split
 from posttrain.world.corpus import corpus_stats, make_documents, write_corpus
 from posttrain.world.sft_data import make_sft_data, write_jsonl
@@ -49,7 +51,9 @@ def _positive(n: int, what: str) -> int:
 
 
 def _sft_data(args: argparse.Namespace) -> int:
-    records = make_sft_data(args.kind, _positive(args.n, "record"), args.seed)
+    _positive(args.n, "record")
+    check_writable(args.out, "--out")
+    records = make_sft_data(args.kind, args.n, args.seed)
     write_jsonl(records, args.out)
     families = Counter(r["world"]["family"] for r in records)
     flaws = Counter(r["world"]["flaw"] or "clean" for r in records)
@@ -62,8 +66,10 @@ def _sft_data(args: argparse.Namespace) -> int:
 
 
 def _corpus(args: argparse.Namespace) -> int:
+    _positive(args.n, "document")
+    check_writable(args.out, "--out")
     start = time.perf_counter()
-    docs = make_documents(_positive(args.n, "document"), args.seed)
+    docs = make_documents(args.n, args.seed)
     seconds = time.perf_counter() - start
     write_corpus(docs, args.out)
     stats = corpus_stats(docs)
