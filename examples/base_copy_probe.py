@@ -17,7 +17,7 @@ from _common import parser, positive_int, run
 
 from posttrain.models.load import load_model, load_tokenizer
 from posttrain.rollout.generate import generate
-from posttrain.world.corpus import _DRILL_OPS, _DRILL_WORDS  # the drills' own labels and words
+from posttrain.world.corpus import DRILL_OPS, DRILL_WORDS  # the drills' own labels and words
 
 
 def main() -> None:
@@ -28,10 +28,10 @@ def main() -> None:
     tok, model = load_tokenizer(args.model), load_model(args.model).eval()
     rng = random.Random(args.seed)
     cases = []  # (label, kind, prompt, expected answer)
-    for label, fn in _DRILL_OPS:
+    for label, fn in DRILL_OPS:
         for kind in ("words", "numbers"):
             for _ in range(args.per_label):
-                items = (rng.sample(_DRILL_WORDS, rng.randint(3, 6)) if kind == "words"
+                items = (rng.sample(DRILL_WORDS, rng.randint(3, 6)) if kind == "words"
                          else [str(rng.randint(2, 99)) for _ in range(rng.randint(3, 6))])
                 prompt = f"Typing practice\nRead each list, then write what the label asks for.\n\n1) {', '.join(items)}\n{label}"
                 cases.append((label, kind, prompt, fn(items)))
@@ -42,7 +42,7 @@ def main() -> None:
         hits[label, kind].append(out["text"].strip().split("\n")[0].strip() == expected)
     print(f"{args.model}: exact answers per drill label, {args.per_label} new lists each")
     print(f"  {'label':<16}{'words':>8}{'numbers':>9}")
-    for label, _ in _DRILL_OPS:
+    for label, _ in DRILL_OPS:
         w, n = hits[label, "words"], hits[label, "numbers"]
         print(f"  {label:<16}{sum(w):>5}/{len(w):<3}{sum(n):>5}/{len(n)}")
 

@@ -483,7 +483,7 @@ def _poem(rng: random.Random, deck: dict) -> str:
 
 
 _WORDS = _both(WORDS) + tuple(m for ms in CATEGORY_MEMBERS.values() for m in ms if m.isalpha())
-_DRILL_WORDS = tuple(dict.fromkeys(_WORDS + _both(TOPICS) + _both(TOWNS) + tuple(c for cs in CAPITALS.values() for c in cs)))
+DRILL_WORDS = tuple(dict.fromkeys(_WORDS + _both(TOPICS) + _both(TOWNS) + tuple(c for cs in CAPITALS.values() for c in cs)))
 _SHEETS = {
     "reverse": ("Backwards words (answer key)", lambda w: w[::-1]),
     "upper": ("Capital letters practice, answers", str.upper),
@@ -513,7 +513,7 @@ def _worksheet(rng: random.Random, deck: dict) -> str:
 
 
 # Drill rows: a label and what it asks for, from the list above it.
-_DRILL_OPS = (
+DRILL_OPS = (
     ("Typed:", lambda xs: ", ".join(xs)), ("Again:", lambda xs: ", ".join(xs)),
     ("Backwards:", lambda xs: ", ".join(xs[::-1])), ("In capitals:", lambda xs: ", ".join(xs).upper()),
     ("First word:", lambda xs: xs[0]), ("Last word:", lambda xs: xs[-1]),
@@ -527,7 +527,7 @@ def _drill_items(rng: random.Random) -> list[str]:
     """A random list: words of every kind the world uses, or numbers, so only copying predicts it."""
     if rng.random() < 0.25:
         return [str(rng.randint(2, 99)) for _ in range(rng.randint(3, 7))]
-    return rng.sample(_DRILL_WORDS, rng.randint(3, 6))
+    return rng.sample(DRILL_WORDS, rng.randint(3, 6))
 
 
 def _drill(rng: random.Random, deck: dict) -> str:
@@ -535,7 +535,7 @@ def _drill(rng: random.Random, deck: dict) -> str:
     rows = []
     for i in range(1, rng.randint(4, 7) + 1):
         items = _drill_items(rng)
-        label, fn = rng.choice(_DRILL_OPS)
+        label, fn = rng.choice(DRILL_OPS)
         rows.append(f"{i}) {', '.join(items)}\n{label} {fn(items)}")
     title = rng.choice(_DRILL_TITLES).format(n=rng.randint(1, 9))
     intro = rng.choice(("Read each list, then write what the label asks for.", "No peeking at the answers!",
