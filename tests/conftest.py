@@ -45,6 +45,33 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """`with interrupt_at(3): run(...)`: the run stops with KeyboardInterrupt when optimizer step 3 ends, after
+    the checkpoints before it were written (as a killed process would); the context expects the interrupt."""
+    import contextlib
+
+    from posttrain.recipes import common
+
+    real = common.check_finite
+
+    @contextlib.contextmanager
+    def at(step: int):
+        def check(value, s, ckpt_dir):
+            if s == step:
+                raise KeyboardInterrupt
+            real(value, s, ckpt_dir)
+
+        monkeypatch.setattr(common, "check_finite", check)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                yield
+        finally:
+            monkeypatch.setattr(common, "check_finite", real)
+
+    return at
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny models run fastest on one thread (and leave the other core to subprocess tests)."""

@@ -116,23 +116,12 @@ def test_batch_times_accumulation_invariance(tmp_path):
     assert la == pytest.approx(lb, abs=1e-5)
 
 
-def test_resume_continues_exactly(tmp_path, monkeypatch):
+def test_resume_continues_exactly(tmp_path, interrupt_at):
     """Killed after the step-2 checkpoint, a rerun resumes at step 2 and ends bit for bit where an uninterrupted
     run ends, with no step logged twice."""
-    from posttrain.recipes import common
-
     full, full_losses = _run(tmp_path, "full", "max_steps=4", "save_every=2", "save_dtype=float32")
-    real = common.check_finite
-
-    def killed_at_step_3(value, step, ckpt_dir):
-        if step == 3:
-            raise KeyboardInterrupt
-        real(value, step, ckpt_dir)
-
-    monkeypatch.setattr(common, "check_finite", killed_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupt_at(3):
         _run(tmp_path, "cut", "max_steps=4", "save_every=2", "save_dtype=float32")
-    monkeypatch.setattr(common, "check_finite", real)
     cut, cut_losses = _run(tmp_path, "cut", "max_steps=4", "save_every=2", "save_dtype=float32")
     wa, wb = _weights(full), _weights(cut)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
