@@ -422,6 +422,9 @@ def main(cfg: PipelineConfig) -> dict:
         if missing:
             raise UserError(f"stages: '{s.name}' needs {', '.join(missing)}, which has not run in {out}; add it to "
                             f"stages= (e.g. stages={','.join([*missing, *cfg.stages])})")
+    for s in selected:  # a stage that ran before must have run with these settings: checked before any work
+        if (out / s.name / "stage.yaml").exists() and all(n in ctx.results for n in s.needs):
+            _check_settings(ctx, s, s.settings(ctx))
     check_writable(out, "output_dir", folder=True)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)

@@ -93,13 +93,14 @@ def test_a_finished_stage_with_other_settings_is_refused_before_any_work(model_d
     out = tmp_path / "p"
     pipeline.main(small(model_dir, out))
     stamp = (out / "summary.json").stat().st_mtime_ns
+    saved = (out / "config.yaml").read_text()
     for override, named in [("sft.optim.lr=1e-3", "stage 'sft' in"), ("eval.n=28", "stage 'eval' in"),
                             ("data.n=41", "stage 'data' in"), ("seed=1", "stage 'data' in")]:
         with pytest.raises(UserError) as e:
             pipeline.main(small(model_dir, out, override))
         key = override.split("=")[0].split(".", 1)[-1] if not override.startswith("seed") else "seed"
         assert named in str(e.value) and f"{key}: " in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert (out / "summary.json").stat().st_mtime_ns == stamp
+    assert (out / "summary.json").stat().st_mtime_ns == stamp and (out / "config.yaml").read_text() == saved
     # What does not change a result may change: generation batch size, logging, threads.
     pipeline.main(small(model_dir, out, "eval.batch_size=7", "sft.log_every=3", "threads=1"))
     # resume=false starts the run over with the new settings.

@@ -338,7 +338,7 @@ class Run:
         self.log: MetricsLog | None = None
         self.bar = None
         self.seen_tokens = 0
-        self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.t0 = self.c0 = 0.0
 
     def resume(self, models: dict, optimizers: dict, schedulers: dict, max_steps: int, what: str) -> int:
         """Restore the newest checkpoint (when resuming), write config.yaml (when not), open metrics and the
@@ -358,6 +358,7 @@ class Run:
             print(f"{self.name}: {what}, {world} process{'es' if world > 1 else ''}; "
                   f"{f'resumed from {last}' if last else 'starting'}")
         self.bar = tqdm(total=max_steps, initial=start, disable=not self.main, desc=self.name, dynamic_ncols=True)
+        self.t0, self.c0 = time.perf_counter(), time.process_time()  # throughput counts the loop, not loading
         return start
 
     def step_done(self, done: int, metrics: dict, tokens: int, force_log: bool = False) -> None:

@@ -43,7 +43,8 @@ table { border-collapse: collapse; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .scroll { overflow-x: auto; } .ci { color: #777; font-size: 0.85em; }
-tr.group th { text-align: left; background: #fafafa; }
+tr.group th { text-align: left; background: #fafafa; } tr th:first-child { text-align: left; }
+table.probes { table-layout: fixed; width: 100%; }
 pre { white-space: pre-wrap; word-break: break-word; margin: 0; font-size: 0.85em; }
 .example { font-family: ui-monospace, monospace; font-size: 0.85em; white-space: pre-wrap; line-height: 1.8; }
 .tok { border: 1px solid #e0e0e0; border-radius: 2px; padding: 0 1px; }
@@ -136,7 +137,7 @@ def probes_table(probes: list[dict]) -> str:
         cells = [f"<td><pre>{_e(p['prompt'])}</pre></td>"]
         cells += [f"<td><pre>{_e(outs[n]) if n in outs else '&ndash;'}</pre></td>" for n in names]
         rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f'<table><tr>{head}</tr>{"".join(rows)}</table>'
+    return f'<table class="probes"><tr>{head}</tr>{"".join(rows)}</table>'
 
 
 def example_tokens(tokenizer, input_ids: list[int], labels: list[int]) -> dict:
