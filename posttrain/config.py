@@ -45,13 +45,14 @@ def doc(default: Any, text: str, *, factory: Any = None, ge: float | None = None
     return dataclasses.field(default=default, metadata=meta)
 
 
-def section(factory: Any, text: str, owned: tuple[str, ...] = ()) -> Any:
+def section(factory: Any, text: str, owned: tuple[str, ...] = (), owner: str = "") -> Any:
     """A nested config section: a dataclass, or a function returning an instance with other defaults.
 
     `owned` lists keys of the section (dotted, relative to it) that its owner sets itself: setting them
-    from a file or the command line is an error, and `--help` leaves them out.
+    from a file or the command line is an error (`owner` says where they come from), and `--help` leaves
+    them out.
     """
-    return dataclasses.field(default_factory=factory, metadata={"doc": text, "owned": tuple(owned)})
+    return dataclasses.field(default_factory=factory, metadata={"doc": text, "owned": tuple(owned), "owner": owner})
 
 
 _RANGE_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
@@ -206,7 +207,8 @@ def _set(tree: dict, cls: type, key: str, value: Any, origin: str) -> None:
         if _is_section(tp):
             owned = _field(cls, part).metadata.get("owned", ())
             if owned and _full_key(tp, parts[i + 1:]) in owned:
-                raise UserError(f"{origin}config key '{key}' is set by {cls.__name__} itself, not from a config")
+                owner = _field(cls, part).metadata.get("owner") or f"set by {cls.__name__} itself"
+                raise UserError(f"{origin}config key '{key}' cannot be set: {owner}")
             sub = node.setdefault(part, {})
             if last:
                 if isinstance(value, dict):  # only an empty mapping gets here (see _flatten)

@@ -83,7 +83,9 @@ class PipelineConfig:
                              "(the run folder's stages are removed first)", changes_result=False)
     data: WorldDataConfig = section(WorldDataConfig, "the data stages (the world's SFT data)")
     sft: SFTConfig = section(pipeline_sft, "the SFT stages (`posttrain sft`, with the pipeline's defaults; "
-                                           "sft.max_steps=0 means one epoch)", owned=SFT_OWNED)
+                                           "sft.max_steps=0 means one epoch)", owned=SFT_OWNED,
+                           owner="the pipeline sets the SFT model, data, output folder, seed, threads and resuming "
+                                 "from its own keys (base, its data stage, output_dir, seed, threads, resume)")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "the evaluation stage")
 
 

@@ -81,6 +81,7 @@ def _corpus(args: argparse.Namespace) -> int:
 
 
 def _tasks(args: argparse.Namespace) -> int:
+    _positive(args.n, "task")
     tasks = sample_tasks(args.n, check_split(args.split), args.seed, args.family)
     if args.json:
         rows = [{"family": t.family, "split": args.split, "messages": [{"role": m.role, "content": m.content}
