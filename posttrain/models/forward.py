@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 IGNORE = -100
+_NOT_MODEL_INPUTS = ("labels", "doc_ids")
 
 
 def target_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -23,9 +25,29 @@ def response_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> t
     """
     labels = batch["labels"]
     keep = target_positions(labels)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
     try:
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     except TypeError:  # a model without logits_to_keep: full logits, then select
         logits = model(**inputs, use_cache=False).logits[:, keep]
     return logits, labels[:, keep + 1]
+
+
+def sequence_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor], n_docs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each document's summed log-probability of its trained tokens, and how many there are.
+
+    batch: as `response_logits` takes it, plus doc_ids (B, T): the document of each position (-1 on padding;
+    `data.collate.packed_batch(..., doc_ids=True)`), numbered 0 .. n_docs - 1. The target at position t + 1 is
+    counted for the document of that target. Returns (n_docs,) float32 sums and (n_docs,) token counts: the
+    sequence log-probabilities that DPO and its family compare (`losses.preference`). The output head runs only
+    where a trained token is predicted.
+    """
+    logits, targets = response_logits(model, batch)
+    docs = batch["doc_ids"][:, target_positions(batch["labels"]) + 1]
+    logp = -F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
+                            reduction="none").view(targets.shape)
+    trained = targets != IGNORE
+    sums = torch.zeros(n_docs, dtype=torch.float32, device=logp.device).index_add(0, docs[trained], logp[trained])
+    counts = torch.zeros(n_docs, dtype=torch.long, device=logp.device).index_add(
+        0, docs[trained], torch.ones_like(docs[trained]))
+    return sums, counts
