@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from posttrain.errors import TrainingDiverged, UserError
 from posttrain.io import atomic_dir, atomic_write_json, check_writable
 from posttrain.losses.sft import nll_sum, token_mean
 from posttrain.models.forward import response_logits
+from posttrain.models.load import load_model, save_model
 
 
 @dataclass
@@ -39,6 +40,25 @@ class OptimConfig:
     schedule: Literal["cosine", "linear", "constant"] = doc("cosine", "decay after warmup")
     min_lr_ratio: float = doc(0.0, "final learning rate as a fraction of the peak", ge=0, le=1)
     max_grad_norm: float = doc(1.0, "clip the global gradient norm (0: no clipping)", ge=0)
+
+
+@dataclass
+class ModelConfig:
+    PRIMARY: ClassVar[str] = "path"
+    path: str = doc("", "Hugging Face model folder or hub id to train")
+    gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass to save memory",
+                                      changes_result=False)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = doc(False, "train LoRA adapters instead of all weights")
+    r: int = doc(16, "LoRA rank", ge=1)
+    alpha: int = doc(32, "LoRA alpha (scale = alpha / r)", gt=0)
+    dropout: float = doc(0.0, "dropout on the LoRA input", ge=0, lt=1)
+    target_modules: list[str] = doc([], "module names to adapt; empty: every linear layer in the blocks")
+    merge: bool = doc(True, "also write the merged full model to model/ (the adapter goes to adapter/)",
+                       changes_result=False)
 
 
 @dataclass
@@ -176,6 +196,35 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def build_model(model_cfg: ModelConfig, lora: LoraConfig, compile: bool = False):
+    """The model to train: loaded in float32, optionally wrapped in LoRA, optionally with gradient checkpointing
+    and compiled (in place: parameter names, and so checkpoints and saving, are unchanged)."""
+    model = load_model(model_cfg.path)
+    model.config.use_cache = False
+    if lora.enabled:
+        from posttrain.models.lora import apply_lora
+
+        model = apply_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules or None)
+    if model_cfg.gradient_checkpointing:
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    if compile:
+        model.compile()
+    return model
+
+
+def save_final(out: Path, model, tok, stop_ids: list[int], lora: LoraConfig) -> Path:
+    """model/ (a plain Hugging Face folder); with LoRA also adapter/, and model/ holds the merged weights."""
+    model.config.use_cache = True  # training turned the cache off; a saved model generates with it
+    if not lora.enabled:
+        save_model(model, tok, out / "model", stop_ids)
+        return out / "model"
+    save_model(model, tok, out / "adapter", stop_ids)
+    if not lora.merge:
+        return out / "adapter"
+    save_model(model.merge_and_unload(), tok, out / "model", stop_ids)
+    return out / "model"
 
 
 def check_batch(batch_size: int, micro_batch_size: int, world: int) -> None:

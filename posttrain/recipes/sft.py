@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -30,16 +29,8 @@ from posttrain.data.types import Conversation
 from posttrain.errors import UserError
 from posttrain.losses.sft import nll_sum
 from posttrain.models.forward import response_logits
-from posttrain.models.load import load_model, load_tokenizer, save_model
+from posttrain.models.load import load_tokenizer
 from posttrain.recipes import common
-
-
-@dataclass
-class ModelConfig:
-    PRIMARY: ClassVar[str] = "path"
-    path: str = doc("", "Hugging Face model folder or hub id to fine-tune")
-    gradient_checkpointing: bool = doc(False, "recompute activations in the backward pass to save memory",
-                                      changes_result=False)
 
 
 @dataclass
@@ -56,22 +47,11 @@ class DataConfig:
 
 
 @dataclass
-class LoraConfig:
-    enabled: bool = doc(False, "train LoRA adapters instead of all weights")
-    r: int = doc(16, "LoRA rank", ge=1)
-    alpha: int = doc(32, "LoRA alpha (scale = alpha / r)", gt=0)
-    dropout: float = doc(0.0, "dropout on the LoRA input", ge=0, lt=1)
-    target_modules: list[str] = doc([], "module names to adapt; empty: every linear layer in the blocks")
-    merge: bool = doc(True, "also write the merged full model to model/ (the adapter goes to adapter/)",
-                       changes_result=False)
-
-
-@dataclass
 class SFTConfig(common.RunConfig):
-    model: ModelConfig = section(ModelConfig, "the model to fine-tune")
+    model: common.ModelConfig = section(common.ModelConfig, "the model to fine-tune")
     data: DataConfig = section(DataConfig, "training data")
     optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule")
-    lora: LoraConfig = section(LoraConfig, "LoRA (through peft)")
+    lora: common.LoraConfig = section(common.LoraConfig, "LoRA (through peft)")
     output_dir: str = doc("runs/sft", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/, result.json",
                           changes_result=False)
     eval_every: int = doc(0, "evaluate every N steps (0: only at the end)", ge=0, changes_result=False)
@@ -144,35 +124,6 @@ def evaluate(model, acc, rows, units, cfg: SFTConfig, pad_id: int) -> dict[str, 
     return {"eval/loss": loss, "eval/ppl": math.exp(min(loss, 50.0))}
 
 
-def build_model(cfg: SFTConfig):
-    """The model to train: loaded, optionally wrapped in LoRA, optionally with gradient checkpointing."""
-    model = load_model(cfg.model.path)
-    model.config.use_cache = False
-    if cfg.lora.enabled:
-        from posttrain.models.lora import apply_lora
-
-        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None)
-    if cfg.model.gradient_checkpointing:
-        model.activation_checkpointing_enable({"use_reentrant": False})
-    if cfg.compile:
-        model.compile()  # in place: parameter names (checkpoints, saving) are unchanged
-    return model
-
-
-def save_final(cfg: SFTConfig, model, tok, stop_ids: list[int]) -> Path:
-    """model/ (a plain Hugging Face folder); with LoRA also adapter/, and model/ holds the merged weights."""
-    out = Path(cfg.output_dir)
-    model.config.use_cache = True  # training turned the cache off; a saved model generates with it
-    if not cfg.lora.enabled:
-        save_model(model, tok, out / "model", stop_ids)
-        return out / "model"
-    save_model(model, tok, out / "adapter", stop_ids)
-    if not cfg.lora.merge:
-        return out / "adapter"
-    save_model(model.merge_and_unload(), tok, out / "model", stop_ids)
-    return out / "model"
-
-
 def main(cfg: SFTConfig) -> dict:
     """Run SFT; returns the final metrics (also in metrics.jsonl and result.json)."""
     acc = common.make_accelerator(cfg.precision, cfg.seed, cfg.threads)
@@ -191,7 +142,7 @@ def main(cfg: SFTConfig) -> dict:
     max_steps, steps_text = common.total_steps(cfg, len(units), unit)
 
     # Model, optimizer, schedule.
-    model = build_model(cfg)
+    model = common.build_model(cfg.model, cfg.lora, cfg.compile)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer, scheduler = common.make_optimizer(params, cfg.optim, max_steps)
     model, optimizer = acc.prepare(model, optimizer)
@@ -226,7 +177,7 @@ def main(cfg: SFTConfig) -> dict:
         metrics.update(evaluate(model, acc, eval_rows, eval_units, cfg, tok.pad_token_id))
         run.log.log(max_steps, {k: v for k, v in metrics.items() if k.startswith("eval/")})
     if acc.is_main_process:
-        where = save_final(cfg, acc.unwrap_model(model), tok, renderer.stop_token_ids())
+        where = common.save_final(run.out, acc.unwrap_model(model), tok, renderer.stop_token_ids(), cfg.lora)
         print(f"sft: done; model saved to {where}")
     acc.wait_for_everyone()
     return run.finish(metrics)
