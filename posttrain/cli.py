@@ -12,6 +12,7 @@
     posttrain world sft-data --kind curated|noisy --n N --out FILE
     posttrain world corpus --n N --out FILE
     posttrain world tasks --split train|test --n N [--family F ...] [--json]
+    posttrain prefs generate --policy PATH --n-prompts N --k K --annotator NAME --out FILE [--unpaired]
     posttrain init-model --arch llama --data FILE --out DIR
 
 Bad input ends with one line `error: ...` and exit code 2; `--debug` shows the traceback instead.
@@ -32,9 +33,10 @@ from posttrain.io import check_writable
 RECIPES = {
     "sft": ("posttrain.recipes.sft", "SFTConfig"),
     "pretrain": ("posttrain.recipes.pretrain", "PretrainConfig"),
+    "dpo": ("posttrain.recipes.dpo", "DPOConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
-COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world"]
+COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs"]
 
 
 def _recipe(name: str, argv: list[str]) -> int:
@@ -164,6 +166,12 @@ def _world(argv: list[str]) -> int:
     return world_main(argv)
 
 
+def _prefs(argv: list[str]) -> int:
+    from posttrain.rollout.prefs import prefs_main
+
+    return prefs_main(argv)
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -172,7 +180,7 @@ def run(argv: list[str]) -> int:
     if cmd in RECIPES:
         return _recipe(cmd, rest)
     handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model, "eval": _eval,
-                "world": _world}
+                "world": _world, "prefs": _prefs}
     if cmd not in handlers:
         raise UserError(f"unknown command '{cmd}'{did_you_mean(cmd, COMMANDS)}; commands: {', '.join(COMMANDS)}")
     return handlers[cmd](rest)

@@ -351,7 +351,7 @@ def load_checkpoint(path: Path, models: dict[str, torch.nn.Module], optimizers: 
 
 
 # What a run folder holds besides config.yaml; `resume=false` removes them before starting over.
-RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "model", "adapter", "result.json")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "tb", "model", "adapter", "reference", "result.json")
 
 
 class Run:
