@@ -215,22 +215,24 @@ def test_tiny_model_end_to_end(model_dir, tmp_path, capsys):
     assert kto.read_bytes() == kto2.read_bytes()
 
 
-def test_data_check_shows_the_chosen_side(model_dir, tok, tmp_path, capsys, monkeypatch):
-    """`data check` renders a preference row's chosen side (prompt + chosen, the chosen trained); it does not
-    show the rejected side (`data.check.as_conversations`)."""
-    fake_generate(monkeypatch)
-    out = tmp_path / "prefs.jsonl"
-    assert prefs(model_dir, out) == 0
-    capsys.readouterr()
+def test_data_check_shows_chosen_and_rejected(model_dir, tok, tmp_path, capsys):
+    """`data check` on a preference file renders both sides of a pair, prompt + chosen and prompt + rejected,
+    each response trained; an identical pair and an empty side are counted as dropped sequences."""
+    rows = [{"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.", "rejected": "It is 6.", "world": {"gold_chosen": 1}},
+            {"prompt": "hi", "chosen": "same", "rejected": "same"},
+            {"prompt": "hi", "chosen": "hello", "rejected": ""}]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(SystemExit) as info:
-        main(["data", "check", str(out), "--model", str(model_dir), "--show", "1"])
+        main(["data", "check", str(path), "--model", str(model_dir), "--show", "2"])
     assert info.value.code == 0
     printed = capsys.readouterr().out
-    task = sample_tasks(N, "train", 0, distinct=True)[0]
-    assert "(format: preference)" in printed and f"examples    {2 * N}  kept {2 * N}  dropped 0" in printed
-    prefix = Renderer(tok).response_prefix()  # the template's text before every response is trained with it
-    assert f"[[{prefix}{task.reference}" in printed  # the chosen response, trained
-    assert task.messages[-1].content in printed  # the prompt, not trained
+    assert "(format: preference)" in printed
+    assert "examples    3 (6 sequences: each pair's chosen and rejected)  kept 3  dropped 3" in printed
+    assert "2 identical chosen and rejected" in printed and "1 empty assistant turn" in printed
+    prefix = Renderer(tok).response_prefix()
+    assert f"{path}:1 (chosen)" in printed and f"{path}:1 (rejected)" in printed
+    assert f"[[{prefix}2 + 3 = 5." in printed and f"[[{prefix}It is 6." in printed
 
 
 BAD_FLAGS = [

@@ -1,7 +1,8 @@
 """`posttrain data check`: the data doctor. Shows what the loss will see before anything trains.
 
 Reports the detected format, example count, token-length percentiles, truncated and dropped examples
-with reasons, trained-token totals, and renders examples with trained tokens highlighted (green in a
+with reasons, trained-token totals (for preference pairs: over both sides, each rendered as prompt + response;
+a pair with identical sides is counted as dropped), and renders examples with trained tokens highlighted (green in a
 terminal, `[[...]]` elsewhere) and the prompt greyed. A file with no usable example is an error, after the
 report. The caller loads the file and brings the tokenizer (`data/` never imports `posttrain.models`):
 the CLI loads `--model`'s, or trains a stand-in on the file's text (`models.tiny.stand_in_tokenizer`).
@@ -22,17 +23,26 @@ from posttrain.errors import UserError
 GREEN, GREY, RESET = "\033[1;32m", "\033[2m", "\033[0m"
 
 
-def as_conversations(examples: list) -> list[Conversation]:
-    """Conversations to render: preference pairs give their chosen side, unpaired their completion."""
-    out = []
+IDENTICAL = "identical chosen and rejected"
+
+
+def as_conversations(examples: list) -> tuple[list[Conversation], int]:
+    """Conversations to render: a preference pair gives both sides, prompt + chosen then prompt + rejected
+    (`where` says which), unpaired rows their completion. A pair whose two sides are identical is left out
+    (the preference recipes drop it); returns the conversations and how many pairs were left out so."""
+    out, identical = [], 0
     for ex in examples:
         if isinstance(ex, Preference):
-            out.append(Conversation(ex.prompt + ex.chosen, ex.where))
+            if ex.chosen == ex.rejected:
+                identical += 1
+                continue
+            out.append(Conversation(ex.prompt + ex.chosen, f"{ex.where} (chosen)"))
+            out.append(Conversation(ex.prompt + ex.rejected, f"{ex.where} (rejected)"))
         elif isinstance(ex, Unpaired):
             out.append(Conversation(ex.prompt + ex.completion, ex.where))
         else:
             out.append(ex)
-    return out
+    return out, identical
 
 
 def percentile(values: list[int], q: float) -> int:
@@ -67,15 +77,18 @@ def check(path: str, fmt: str, examples: list[Example], tokenizer: PreTrainedTok
           max_seq_len: int = 1024, show: int = 2) -> dict:
     """The report (see module docstring) as a dict on `examples` of format `fmt` loaded from `path`, rendered
     with `tokenizer` (shown as `tokenizer_name`); `rendered` holds the first `show` kept examples' tokens."""
-    convs = as_conversations(examples)
+    convs, identical = as_conversations(examples)
     renderer = Renderer(tokenizer, max_seq_len)
     rows, stats = render_all(convs, renderer)
+    if identical:  # counted as the sequences they hold, like every other drop
+        stats.dropped[IDENTICAL] += 2 * identical
     lengths = [len(r.input_ids) for r in rows]
     return {
         "file": path,
         "format": fmt,
         "tokenizer": tokenizer_name,
         "examples": len(examples),
+        "sequences": len(convs) + 2 * identical,
         "kept": stats.kept,
         "dropped": sum(stats.dropped.values()),
         "dropped_reasons": dict(stats.dropped),
@@ -120,7 +133,9 @@ def _print_report(report: dict, tok: PreTrainedTokenizerBase) -> None:
     color = sys.stdout.isatty()
     print(f"file        {report['file']}  (format: {report['format']})")
     print(f"tokenizer   {report['tokenizer']}")
-    print(f"examples    {report['examples']}  kept {report['kept']}  dropped {report['dropped']}"
+    seqs = f" ({report['sequences']} sequences: each pair's chosen and rejected)" \
+        if report["sequences"] != report["examples"] else ""
+    print(f"examples    {report['examples']}{seqs}  kept {report['kept']}  dropped {report['dropped']}"
           + "".join(f"\n              {n} {why}" for why, n in report["dropped_reasons"].items()))
     print(f"truncated   {report['truncated']} (longer than {max_seq_len} tokens; kept with their first tokens)")
     L = report["length"]
