@@ -4,6 +4,7 @@
     posttrain sft model=PATH data=FILE output_dir=DIR max_steps=N seed=N
     posttrain pretrain data=CORPUS output_dir=DIR
     posttrain pipeline [--config FILE] base=PATH
+    posttrain rm model=SFT_MODEL data=PREFS output_dir=DIR; posttrain rm score --model RM --data FILE [--json]
     posttrain data check FILE [--model PATH] [--json]
     posttrain generate --model PATH --prompt TEXT [--prompt TEXT ...]
     posttrain merge --adapter DIR --out DIR
@@ -34,6 +35,7 @@ RECIPES = {
     "sft": ("posttrain.recipes.sft", "SFTConfig"),
     "pretrain": ("posttrain.recipes.pretrain", "PretrainConfig"),
     "dpo": ("posttrain.recipes.dpo", "DPOConfig"),
+    "rm": ("posttrain.recipes.rm", "RMConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
 COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs"]
@@ -177,6 +179,10 @@ def run(argv: list[str]) -> int:
         print(__doc__.strip())
         return 0
     cmd, rest = argv[0], argv[1:]
+    if cmd == "rm" and rest[:1] == ["score"]:
+        from posttrain.recipes.rm import score_cli
+
+        return score_cli(rest[1:])
     if cmd in RECIPES:
         return _recipe(cmd, rest)
     handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model, "eval": _eval,
