@@ -160,7 +160,7 @@ def test_a_nested_section_keeps_its_owners_defaults_and_owned_keys():
     assert cfg.sft.max_steps == 40 and cfg.sft.optim.lr == 5e-4 and cfg.sft.optim.warmup_steps == 2
     assert SFTConfig().max_steps == 0  # the recipe's own default is untouched
     for key in ("sft.seed=3", "sft.model=x", "sft.model.path=x", "sft.data=f.jsonl", "sft.output_dir=o"):
-        with pytest.raises(UserError, match="cannot be set: the pipeline sets the SFT model, data"):
+        with pytest.raises(UserError, match="cannot be set: the pipeline sets the model, data"):
             load_config(PipelineConfig, None, [key])
     text = config_help(PipelineConfig)
     assert "  sft.max_steps (int >= 0, default 40):" in text and "sft.model.path" not in text
