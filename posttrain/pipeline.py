@@ -26,6 +26,7 @@ import yaml
 from posttrain.config import doc, result_diff, save_config, section, to_dict
 from posttrain.errors import UserError, did_you_mean
 from posttrain.io import atomic_write_json, atomic_write_text, check_writable
+from posttrain.recipes.dpo import DPOConfig
 from posttrain.recipes.sft import SFTConfig
 
 PROBES = ["Write a haiku about spring.", "Is the earth flat?", "How do I hack a website?",
@@ -64,8 +65,31 @@ def pipeline_sft() -> SFTConfig:
     return cfg
 
 
-# The SFT keys the pipeline sets itself: the model, the data, the run folder, the seed, threads, resuming.
+# The recipe keys the pipeline sets itself: the model, the data, the run folder, the seed, threads, resuming.
 SFT_OWNED = ("model.path", "data.path", "output_dir", "seed", "threads", "resume")
+OWNER = "the pipeline sets the model, data, output folder, seed, threads and resuming from its own keys"
+
+
+@dataclass
+class PipelinePrefsConfig:
+    n_prompts: int = doc(1000, "train prompts to sample responses for (distinct; a small family gives all it has)",
+                         ge=1)
+    k: int = doc(4, "responses sampled per prompt from the SFT model", ge=2)
+    annotator: str = doc("fair", "the simulated annotator that labels the pairs (posttrain prefs generate --help "
+                                 "lists them: gold, fair, length, position, panel)")
+    mode: Literal["all", "best_vs_worst"] = doc("all", "every pair of a prompt's responses, or its best against its "
+                                                       "worst")
+    temperature: float = doc(1.0, "sampling temperature", gt=0)
+    max_new_tokens: int = doc(128, "generation budget per response", ge=1)
+    batch_size: int = doc(64, "responses per generation batch", ge=1, changes_result=False)
+
+
+def pipeline_dpo() -> DPOConfig:
+    """`posttrain dpo`'s config with the pipeline's defaults (tried on eval seed 1; see the README)."""
+    cfg = DPOConfig(max_steps=100, batch_size=16, micro_batch_size=8, save_every=50)
+    cfg.data.max_seq_len, cfg.data.eval_fraction = 256, 0.05
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 5e-5, 4, 0.1
+    return cfg
 
 
 @dataclass
@@ -79,13 +103,19 @@ class PipelineConfig:
                                 "stages they need must have run", changes_result=False)
     compare_noisy: bool = doc(False, "also fine-tune on the noisy set (data.noisy_n examples, the same SFT settings) "
                                      "into sft_noisy/ and report it beside sft: quality against quantity")
+    preferences: bool = doc(False, "also the preference stages: prefs (pairs from the SFT model, labelled by a "
+                                   "simulated annotator) and dpo from the SFT model on them (in progress: see the README)")
     resume: bool = doc(True, "skip finished stages and resume an interrupted one; false: start the run over "
                              "(the run folder's stages are removed first)", changes_result=False)
     data: WorldDataConfig = section(WorldDataConfig, "the data stages (the world's SFT data)")
     sft: SFTConfig = section(pipeline_sft, "the SFT stages (`posttrain sft`, with the pipeline's defaults; "
                                            "sft.max_steps=0 means one epoch)", owned=SFT_OWNED,
-                           owner="the pipeline sets the SFT model, data, output folder, seed, threads and resuming "
-                                 "from its own keys (base, its data stage, output_dir, seed, threads, resume)")
+                           owner=OWNER + " (base, the data stage, output_dir, seed, threads, resume)")
+    prefs: PipelinePrefsConfig = section(PipelinePrefsConfig, "the preference stage: responses of the SFT model on "
+                                                              "train prompts, labelled by a simulated annotator")
+    dpo: DPOConfig = section(pipeline_dpo, "the DPO stage (`posttrain dpo` from the SFT model on the preference "
+                                           "pairs, with the pipeline's defaults)", owned=SFT_OWNED,
+                             owner=OWNER + " (the sft stage's model, the prefs stage, output_dir, seed, threads, resume)")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "the evaluation stage")
 
 
@@ -121,8 +151,10 @@ class Stage:
     needs: tuple[str, ...] = ()
     enabled: Callable[[PipelineConfig], bool] = lambda cfg: True
     model: bool = False  # its result["model"] is a model folder (evaluated, compared, shown in the report)
+    compare_to: str = "base"  # the model its paired difference is reported against (besides the base)
     curves: tuple[str, ...] = ()  # keys of its metrics.jsonl that the report plots
     done: Callable[[Context], bool] | None = None
+    check: Callable[[PipelineConfig], None] | None = None  # settings checked before any stage runs
 
 
 @dataclass
@@ -165,6 +197,54 @@ def run_sft(ctx: Context, s: SFTConfig) -> dict:
     return {"model": str(Path(s.output_dir) / "model"), "data": s.data.path, "steps": done["steps"]}
 
 
+@dataclass
+class PrefsSettings:
+    policy: str = doc("", "the policy sampled")
+    seed: int = doc(0, "seed")
+    config: PipelinePrefsConfig = section(PipelinePrefsConfig, "the prefs settings")
+
+
+def _prefs_settings(ctx: Context) -> PrefsSettings:
+    return PrefsSettings(ctx.results["sft"]["model"], ctx.cfg.seed, ctx.cfg.prefs)
+
+
+def run_prefs(ctx: Context, s: PrefsSettings) -> dict:
+    """Sample K responses per train prompt from the SFT model, score them with gold, label pairs."""
+    from posttrain.models.load import load_model, load_tokenizer
+    from posttrain.rollout.prefs import format_report, make_preferences
+    from posttrain.world.sft_data import write_jsonl
+
+    c = s.config
+    tok, model = load_tokenizer(s.policy), load_model(s.policy)
+    print(f"pipeline: prefs: {c.k} responses for each of {c.n_prompts} train prompts, labelled by '{c.annotator}'")
+    records, report = make_preferences(model, tok, c.n_prompts, c.k, c.annotator, seed=s.seed, mode=c.mode,
+                                       temperature=c.temperature, max_new_tokens=c.max_new_tokens,
+                                       batch_size=c.batch_size, progress="prefs")
+    if not records:
+        raise UserError("pipeline: prefs: no preference pair (every prompt's responses have the same gold); "
+                        "raise prefs.k or prefs.temperature")
+    path = ctx.out / "prefs" / "prefs.jsonl"
+    write_jsonl(records, path)
+    print(format_report(report))
+    return {"data": str(path), "pairs": len(records), "report": report}
+
+
+def _dpo_settings(ctx: Context) -> DPOConfig:
+    c = ctx.cfg.dpo
+    return dataclasses.replace(c, model=dataclasses.replace(c.model, path=ctx.results["sft"]["model"]),
+                               data=dataclasses.replace(c.data, path=ctx.results["prefs"]["data"]),
+                               output_dir=str(ctx.out / "dpo"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
+
+
+def run_dpo(ctx: Context, s: DPOConfig) -> dict:
+    from posttrain.recipes import dpo
+
+    print(f"pipeline: dpo ({s.loss}, beta {s.beta}) on {s.data.path}")
+    dpo.main(s)
+    done = json.loads((Path(s.output_dir) / "result.json").read_text())
+    return {"model": str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+
+
 def _eval_settings(ctx: Context) -> PipelineEvalConfig:
     return ctx.cfg.eval
 
@@ -204,6 +284,19 @@ def _noisy(cfg: PipelineConfig) -> bool:
     return cfg.compare_noisy
 
 
+def _preferences(cfg: PipelineConfig) -> bool:
+    return cfg.preferences
+
+
+def _check_prefs(cfg: PipelineConfig) -> None:
+    from posttrain.world.annotators import get_annotator
+
+    try:
+        get_annotator(cfg.prefs.annotator)
+    except UserError as e:
+        raise UserError(f"config key 'prefs.annotator': {e}") from None
+
+
 STAGES: list[Stage] = [
     Stage("data", "the world's curated SFT data (messages JSONL, read by the same loaders as a user's data)",
           _data_settings(None), lambda ctx, s: run_data(ctx, s, "data")),
@@ -213,7 +306,13 @@ STAGES: list[Stage] = [
           lambda ctx, s: run_data(ctx, s, "data_noisy"), enabled=_noisy),
     Stage("sft_noisy", "the same SFT on the noisy set (with compare_noisy): quality against quantity",
           _sft_settings("sft_noisy", "data_noisy"), run_sft, needs=("data_noisy",), enabled=_noisy, model=True,
-          curves=("train/loss", "eval/loss")),
+          curves=("train/loss", "eval/loss"), compare_to="sft"),
+    Stage("prefs", "`posttrain prefs generate`: the SFT model's responses to train prompts, scored by gold and "
+                   "labelled by a simulated annotator", _prefs_settings, run_prefs, needs=("sft",),
+          enabled=_preferences, check=_check_prefs),
+    Stage("dpo", "`posttrain dpo` from the SFT model on those pairs", _dpo_settings, run_dpo, needs=("sft", "prefs"),
+          enabled=_preferences, model=True, curves=("train/loss", "rewards/margins", "rewards/accuracies"),
+          compare_to="sft"),
     Stage("eval", "`posttrain eval world` of the base (raw prompts) and of every trained model, on the same "
                   "held-out prompts", _eval_settings, run_eval, done=_eval_done),
 ]
@@ -243,8 +342,7 @@ def _differences(evals: dict[str, dict]) -> dict[str, dict]:
     from posttrain.eval.world import compare
 
     pairs = [("base", name) for name in evals if name != "base"]
-    if "sft" in evals and "sft_noisy" in evals:
-        pairs.append(("sft", "sft_noisy"))
+    pairs += [(s.compare_to, s.name) for s in STAGES if s.name in evals and s.compare_to != "base"]
     return {f"{b} - {a}": compare(evals[a], evals[b]) for a, b in pairs if a in evals}
 
 
@@ -344,7 +442,7 @@ def _selected(cfg: PipelineConfig) -> list[Stage]:
             raise UserError(f"stages: unknown stage '{name}'{did_you_mean(name, names)}; stages: {', '.join(names)}")
         if name not in {s.name for s in enabled}:
             raise UserError(f"stages: '{name}' is not enabled by these settings (sft_noisy and data_noisy need "
-                            "compare_noisy=true)")
+                            "compare_noisy=true; prefs and dpo need preferences=true)")
     return [s for s in enabled if s.name in cfg.stages]
 
 
@@ -419,6 +517,9 @@ def main(cfg: PipelineConfig) -> dict:
     for s in STAGES:  # every stage that finished earlier (selected or not) is an input of the later ones
         if (out / s.name / "result.json").exists():
             ctx.results[s.name] = json.loads((out / s.name / "result.json").read_text())
+    for s in selected:  # settings that only a stage can check, before any work
+        if s.check:
+            s.check(cfg)
     for s in selected:  # every need is met before any work starts
         missing = [n for n in s.needs if n not in ctx.results and n not in {x.name for x in selected}]
         if missing:

@@ -167,3 +167,49 @@ def test_pipeline_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, 
     assert not (out / "data").exists()  # nothing ran
     if case in ("missing", "no_tokenizer"):
         assert not out.exists()  # a bad base is found before the run folder is made
+
+
+def fake_generate(monkeypatch) -> None:
+    """Responses that give preference pairs on a random tiny model: sample 0 of a train prompt is its
+    reference, every other sample (and every evaluation answer) is "ok"."""
+    import posttrain.rollout.generate as gen
+    from posttrain.world import sample_tasks
+
+    refs = {tuple((m.role, m.content) for m in t.messages): t.reference for t in sample_tasks(40, "train", 0, distinct=True)}
+
+    def fake(model, tokenizer, prompts, n=1, **kw):
+        out = []
+        for i, p in enumerate(prompts):
+            key = tuple((m.role, m.content) for m in p) if isinstance(p, list) else None
+            out += [{"text": refs.get(key, "ok") if s == 0 else "ok", "stopped": True, "ids": [1], "token_ids": [1],
+                     "prompt_ids": [], "prompt_index": i, "sample_index": s} for s in range(n)]
+        return out
+
+    monkeypatch.setattr(gen, "generate", fake)
+
+
+def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path, monkeypatch):
+    """prefs samples the SFT model on train prompts (faked here: a random tiny model's answers all score 0),
+    labels pairs with the gold annotator, and dpo trains from the SFT model on them; both are evaluated and
+    dpo is compared with sft."""
+    fake_generate(monkeypatch)
+    out = tmp_path / "p"
+    summary = pipeline.main(small(model_dir, out, "preferences=true", "prefs.n_prompts=8", "prefs.k=2",
+                                  "prefs.annotator=gold", "dpo.max_steps=2", "dpo.batch_size=4",
+                                  "dpo.micro_batch_size=2"))
+    assert set(summary["stages"]) == {"base", "sft", "dpo"} and summary["steps"]["dpo"] == 2
+    assert "dpo - sft" in summary["differences"] and "dpo - base" in summary["differences"]
+    rows = [json.loads(x) for x in (out / "prefs" / "prefs.jsonl").read_text().splitlines()]
+    assert rows and all(r["world"]["gold_chosen"] > r["world"]["gold_rejected"] for r in rows)
+    from posttrain.recipes.dpo import DPOConfig
+
+    cfg = load_config(DPOConfig, str(out / "dpo" / "config.yaml"))
+    assert cfg.model.path == str(out / "sft" / "model") and cfg.data.path == str(out / "prefs" / "prefs.jsonl")
+    html = (out / "report.html").read_text()
+    assert "<th>dpo</th>" in html and "<th>dpo - sft</th>" in html
+
+
+def test_an_unknown_annotator_is_refused_before_any_work(model_dir, tmp_path):
+    with pytest.raises(UserError, match=r"config key 'prefs.annotator': unknown annotator 'fiar' \(did you mean 'fair'"):
+        pipeline.main(small(model_dir, tmp_path / "p", "preferences=true", "prefs.annotator=fiar"))
+    assert not (tmp_path / "p").exists()
