@@ -81,14 +81,15 @@ class PipelinePrefsConfig:
                                                        "worst")
     temperature: float = doc(1.0, "sampling temperature", gt=0)
     max_new_tokens: int = doc(128, "generation budget per response", ge=1)
-    batch_size: int = doc(64, "responses per generation batch", ge=1, changes_result=False)
+    batch_size: int = doc(32, "responses per generation batch (sampling is seeded per batch, so it changes which "
+                              "responses are drawn)", ge=1)
 
 
 def pipeline_dpo() -> DPOConfig:
     """`posttrain dpo`'s config with the pipeline's defaults (tried on eval seed 1; see the README)."""
     cfg = DPOConfig(max_steps=100, batch_size=16, micro_batch_size=8, save_every=50)
     cfg.data.max_seq_len, cfg.data.eval_fraction = 256, 0.05
-    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 5e-5, 4, 0.1
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-5, 4, 0.1
     return cfg
 
 
