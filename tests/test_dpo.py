@@ -81,7 +81,7 @@ def test_cached_reference_equals_a_live_reference(model_dir, tok, pref_file, tmp
     for step in range(3):
         for chunk in common.shard(stream.step_units(step), 0, 1, 4):
             with torch.no_grad():
-                logps, _ = dpo.pair_logps(live, acc, pairs, chunk, 128, tok.pad_token_id)
+                logps, _ = dpo.pair_logps(live, acc, pairs, chunk, tok.pad_token_id)
             worst = max(worst, (logps - cached[chunk]).abs().max().item())
     assert worst <= 1e-6, worst
 

@@ -145,19 +145,22 @@ def build_data(cfg: DPOConfig, tok) -> tuple[list[Pair], list[Pair], Counter]:
     return pairs, eval_pairs, dropped
 
 
-def pair_batch(pairs: list[Pair], chunk: list[int], row_len: int, pad_id: int) -> tuple[dict, list[int]]:
-    """The chunk's pairs packed into rows of `row_len` tokens (a pair's two sequences share a row). Returns the
-    batch (with doc_ids: chosen of the k-th pair is document 2k, its rejected 2k + 1) and the pairs' order."""
-    groups = pack_lengths([len(pairs[i][0].input_ids) + len(pairs[i][1].input_ids) for i in chunk], row_len)
+def pair_batch(pairs: list[Pair], chunk: list[int], pad_id: int) -> tuple[dict, list[int]]:
+    """The chunk's pairs packed into rows as wide as its longest pair (a pair's two sequences share a row; rows
+    no wider than that keep attention, which a CPU computes over the whole row, close to the work needed).
+    Returns the batch (with doc_ids: chosen of the k-th pair is document 2k, its rejected 2k + 1) and the
+    pairs' order."""
+    lengths = [len(pairs[i][0].input_ids) + len(pairs[i][1].input_ids) for i in chunk]
+    groups = pack_lengths(lengths, max(lengths))
     order = [chunk[j] for g in groups for j in g]
     rows = [[seq for j in g for seq in pairs[chunk[j]]] for g in groups]
     return packed_batch(rows, pad_id, doc_ids=True), order
 
 
-def pair_logps(model, acc, pairs: list[Pair], chunk: list[int], row_len: int, pad_id: int):
+def pair_logps(model, acc, pairs: list[Pair], chunk: list[int], pad_id: int):
     """Summed log-probs and token counts of each pair's chosen and rejected response, (n, 2) each, in the
     order of `chunk`."""
-    batch, order = pair_batch(pairs, chunk, row_len, pad_id)
+    batch, order = pair_batch(pairs, chunk, pad_id)
     batch = {k: v.to(acc.device) for k, v in batch.items()}
     with acc.autocast():
         sums, counts = sequence_logps(model, batch, 2 * len(order))
@@ -167,7 +170,7 @@ def pair_logps(model, acc, pairs: list[Pair], chunk: list[int], row_len: int, pa
 
 
 @torch.no_grad()
-def reference_logps(model, acc, pairs: list[Pair], micro: int, row_len: int, pad_id: int) -> torch.Tensor:
+def reference_logps(model, acc, pairs: list[Pair], micro: int, pad_id: int) -> torch.Tensor:
     """(n, 2) summed log-probs of every pair's chosen and rejected response under `model` (the reference),
     computed once: each process takes its share and the shares are summed."""
     model.eval()
@@ -175,7 +178,7 @@ def reference_logps(model, acc, pairs: list[Pair], micro: int, row_len: int, pad
     mine = list(range(acc.process_index, len(pairs), acc.num_processes))
     for start in range(0, len(mine), micro):
         chunk = mine[start:start + micro]
-        out[chunk] = pair_logps(model, acc, pairs, chunk, row_len, pad_id)[0].float()
+        out[chunk] = pair_logps(model, acc, pairs, chunk, pad_id)[0].float()
     model.train()
     return acc.reduce(out, reduction="sum").cpu()
 
@@ -201,14 +204,14 @@ def _reduced(acc, sums: dict[str, float], n: int, prefix: str = "") -> dict[str,
 
 
 @torch.no_grad()
-def evaluate(cfg: DPOConfig, model, acc, pairs: list[Pair], ref: torch.Tensor | None, row_len: int, pad_id: int):
+def evaluate(cfg: DPOConfig, model, acc, pairs: list[Pair], ref: torch.Tensor | None, pad_id: int):
     """The loss and metrics over the held-out pairs (split over processes)."""
     model.eval()
     sums: Counter = Counter()
     mine = list(range(acc.process_index, len(pairs), acc.num_processes))
     for start in range(0, len(mine), cfg.micro_batch_size):
         chunk = mine[start:start + cfg.micro_batch_size]
-        logps, counts = pair_logps(model, acc, pairs, chunk, row_len, pad_id)
+        logps, counts = pair_logps(model, acc, pairs, chunk, pad_id)
         _, s = step_loss(cfg, logps, counts, None if ref is None else ref[chunk].to(logps.device), len(pairs))
         sums.update(s)
     model.train()
@@ -224,7 +227,7 @@ def _metric_keys(cfg: DPOConfig) -> list[str]:
     return ["loss", *metrics]
 
 
-def load_or_compute_reference(cfg: DPOConfig, run: common.Run, model, acc, pairs, eval_pairs, row_len, pad_id):
+def load_or_compute_reference(cfg: DPOConfig, run: common.Run, model, acc, pairs, eval_pairs, pad_id):
     """The cached reference log-probs of the train and eval pairs (computed with the starting model on the
     first run, read back on a resume)."""
     path = run.out / "reference"
@@ -234,8 +237,8 @@ def load_or_compute_reference(cfg: DPOConfig, run: common.Run, model, acc, pairs
             return cached["train"], cached["eval"]
     if acc.is_main_process:
         print(f"{run.name}: computing the reference log-probs of {len(pairs)} + {len(eval_pairs)} pairs once")
-    train = reference_logps(model, acc, pairs, cfg.micro_batch_size, row_len, pad_id)
-    held = reference_logps(model, acc, eval_pairs, cfg.micro_batch_size, row_len, pad_id)
+    train = reference_logps(model, acc, pairs, cfg.micro_batch_size, pad_id)
+    held = reference_logps(model, acc, eval_pairs, cfg.micro_batch_size, pad_id)
     if acc.is_main_process:
         with atomic_dir(path) as tmp:
             torch.save({"train": train, "eval": held}, tmp / "logps.pt")
@@ -255,7 +258,6 @@ def main(cfg: DPOConfig) -> dict:
     # Data: pairs rendered once; the loss mask comes from the renderer.
     tok = load_tokenizer(cfg.model.path)
     pairs, eval_pairs, dropped = build_data(cfg, tok)
-    row_len = 2 * cfg.data.max_seq_len  # the longest pair fits in one row
     stream = common.DataStream(len(pairs), cfg.batch_size, cfg.seed)
     max_steps, steps_text = common.total_steps(cfg, len(pairs), "pairs")
 
@@ -270,7 +272,7 @@ def main(cfg: DPOConfig) -> dict:
                        f"loss {cfg.loss}, {steps_text}")
     ref = ref_eval = None
     if needs_reference(cfg.loss):
-        ref, ref_eval = load_or_compute_reference(cfg, run, model, acc, pairs, eval_pairs, row_len, tok.pad_token_id)
+        ref, ref_eval = load_or_compute_reference(cfg, run, model, acc, pairs, eval_pairs, tok.pad_token_id)
 
     # The loop.
     model.train()
@@ -282,7 +284,7 @@ def main(cfg: DPOConfig) -> dict:
         sums: Counter = Counter()
 
         def loss_of(chunk, sums=sums):  # every step has batch_size pairs: the loss is their mean
-            logps, counts = pair_logps(model, acc, pairs, chunk, row_len, tok.pad_token_id)
+            logps, counts = pair_logps(model, acc, pairs, chunk, tok.pad_token_id)
             loss, s = step_loss(cfg, logps, counts, None if ref is None else ref[chunk].to(logps.device),
                                 cfg.batch_size)
             sums.update(s)
@@ -296,13 +298,13 @@ def main(cfg: DPOConfig) -> dict:
         pairs_seen = (done - start) * cfg.batch_size
         metrics["train/pairs_per_s"] = pairs_seen / max(time.perf_counter() - run.t0, 1e-9)
         if eval_pairs and cfg.eval_every and done % cfg.eval_every == 0 and done < max_steps:
-            metrics.update(evaluate(cfg, model, acc, eval_pairs, ref_eval, row_len, tok.pad_token_id))
+            metrics.update(evaluate(cfg, model, acc, eval_pairs, ref_eval, tok.pad_token_id))
         tokens = int(acc.reduce(torch.tensor(sums["tokens"], device=acc.device), reduction="sum").item())
         run.step_done(done, metrics, tokens, force_log="eval/loss" in metrics)
     run.close()
 
     if eval_pairs:
-        metrics.update(evaluate(cfg, model, acc, eval_pairs, ref_eval, row_len, tok.pad_token_id))
+        metrics.update(evaluate(cfg, model, acc, eval_pairs, ref_eval, tok.pad_token_id))
         run.log.log(max_steps, {k: v for k, v in metrics.items() if k.startswith("eval/")})
     if acc.is_main_process:
         renderer = Renderer(tok)
