@@ -40,6 +40,28 @@ def chat_rows(n: int = 48, seed: int = 0) -> list[dict]:
     return rows
 
 
+def preference_rows(n: int = 24, scores: bool = False) -> list[dict]:
+    """The first turn of each test chat: its right answer chosen, another chat's answer rejected (with
+    UltraFeedback-style scores when asked)."""
+    rows = chat_rows(n, seed=3)
+    out = []
+    for i, r in enumerate(rows):
+        user, good = r["messages"][0]["content"], r["messages"][1]["content"]
+        bad = rows[(i + 1) % n]["messages"][1]["content"]
+        row = {"prompt": user, "chosen": good, "rejected": bad if bad != good else good + " No."}
+        out.append({**row, "score_chosen": 8.0 - i % 3, "score_rejected": 3.0 + i % 2} if scores else row)
+    return out
+
+
+def read_metrics(out: Path) -> list[dict]:
+    """A run folder's metrics.jsonl, one dict per logged line."""
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(out: Path) -> list[float]:
+    return [m["train/loss"] for m in read_metrics(out) if "train/loss" in m]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -4,12 +4,11 @@ LoRA; a golden loss curve; bad input."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from conftest import chat_rows, write_jsonl
+from conftest import preference_rows, read_metrics, train_losses, write_jsonl
 from safetensors.torch import load_file
 
 from posttrain.config import load_config
@@ -20,20 +19,9 @@ from posttrain.recipes.dpo import DPOConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def preference_rows(n: int = 24) -> list[dict]:
-    """The first turn of each test chat: its right answer chosen, another chat's answer rejected."""
-    rows = chat_rows(n, seed=3)
-    out = []
-    for i, r in enumerate(rows):
-        user, good = r["messages"][0]["content"], r["messages"][1]["content"]
-        bad = rows[(i + 1) % n]["messages"][1]["content"]
-        out.append({"prompt": user, "chosen": good, "rejected": bad if bad != good else good + " No."})
-    return out
-
-
 @pytest.fixture
 def pref_file(tmp_path):
-    return write_jsonl(tmp_path / "prefs.jsonl", preference_rows())
+    return write_jsonl(tmp_path / "prefs.jsonl", preference_rows(scores=False))
 
 
 def run(model_dir, data, out, *overrides) -> dict:
@@ -44,11 +32,11 @@ def run(model_dir, data, out, *overrides) -> dict:
 
 
 def metrics(out) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(out)
 
 
 def losses(out) -> list[float]:
-    return [m["train/loss"] for m in metrics(out) if "train/loss" in m]
+    return train_losses(out)
 
 
 def test_step_one_is_log_2_with_zero_rewards(model_dir, pref_file, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import chat_rows, write_jsonl
+from conftest import preference_rows, read_metrics, train_losses, write_jsonl
 from safetensors.torch import load_file
 
 from posttrain.cli import main as cli_main
@@ -31,22 +31,9 @@ from posttrain.recipes.rm import RMConfig
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def preference_rows(n: int = 24) -> list[dict]:
-    """The first turn of each test chat: its right answer chosen, another chat's answer rejected, with
-    UltraFeedback-style scores."""
-    rows = chat_rows(n, seed=3)
-    out = []
-    for i, r in enumerate(rows):
-        user, good = r["messages"][0]["content"], r["messages"][1]["content"]
-        bad = rows[(i + 1) % n]["messages"][1]["content"]
-        out.append({"prompt": user, "chosen": good, "rejected": bad if bad != good else good + " No.",
-                    "score_chosen": 8.0 - i % 3, "score_rejected": 3.0 + i % 2})
-    return out
-
-
 @pytest.fixture
 def pref_file(tmp_path):
-    return write_jsonl(tmp_path / "prefs.jsonl", preference_rows())
+    return write_jsonl(tmp_path / "prefs.jsonl", preference_rows(scores=True))
 
 
 def run(model_dir, data, out, *overrides) -> dict:
@@ -57,11 +44,11 @@ def run(model_dir, data, out, *overrides) -> dict:
 
 
 def metrics(out) -> list[dict]:
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return read_metrics(out)
 
 
 def losses(out) -> list[float]:
-    return [m["train/loss"] for m in metrics(out) if "train/loss" in m]
+    return train_losses(out)
 
 
 def weights(out) -> dict[str, torch.Tensor]:
@@ -110,7 +97,7 @@ def test_step_one_loss_is_bradley_terry_of_a_separate_forward_pass(model_dir, to
     pairs, _, _ = rm.build_data(cfg, tok)
     torch.manual_seed(0)
     live = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
-    rows = preference_rows()
+    rows = preference_rows(scores=True)
     scale, coef = (0.5, 0.01) if extra else (0.0, 0.0)
     total = 0.0
     for i in common.DataStream(len(pairs), 8, 0).step_units(0):
@@ -257,7 +244,7 @@ def test_gold_accuracy_of_world_rows(model_dir, pref_file, tmp_path):
     eval/label_gold_accuracy is 3/4."""
     gold = [(1.0, 0.0), (0.8, 0.2), (0.0, 1.0), (0.9, 0.5), (0.5, 0.5)]
     held = [{**{k: v for k, v in r.items() if not k.startswith("score")}, "world": {"gold_chosen": g, "gold_rejected": h}}
-            for r, (g, h) in zip(preference_rows(30)[24:], gold)]
+            for r, (g, h) in zip(preference_rows(30, scores=True)[24:], gold)]
     eval_file = write_jsonl(tmp_path / "held.jsonl", held)
     out = tmp_path / "g"
     m = run(model_dir, pref_file, out, f"data.eval_path={eval_file}", "optim.lr=3e-3")

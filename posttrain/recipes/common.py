@@ -227,6 +227,15 @@ def save_final(out: Path, model, tok, stop_ids: list[int], lora: LoraConfig) -> 
     return out / "model"
 
 
+def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(kept, held out): a seeded random `fraction` of `items` (at least one) held out for evaluation, both in
+    their original order."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(items), generator=g).tolist()
+    n_eval = max(1, int(len(items) * fraction))
+    return [items[i] for i in sorted(order[n_eval:])], [items[i] for i in sorted(order[:n_eval])]
+
+
 def check_batch(batch_size: int, micro_batch_size: int, world: int) -> None:
     """The global batch must split evenly into micro-batches on every process."""
     if batch_size % (micro_batch_size * world):

@@ -161,11 +161,7 @@ def build_data(cfg: RMConfig, tok) -> tuple[Pairs, Pairs, Counter]:
     if cfg.data.eval_path:
         held = _load_rows(cfg.data.eval_path, cfg.data.format, None, "data.eval_path")
     elif cfg.data.eval_fraction > 0:
-        g = torch.Generator().manual_seed(cfg.seed)
-        order = torch.randperm(len(rows), generator=g).tolist()
-        n_eval = max(1, int(len(rows) * cfg.data.eval_fraction))
-        held = [rows[i] for i in sorted(order[:n_eval])]
-        rows = [rows[i] for i in sorted(order[n_eval:])]
+        rows, held = common.split_off(rows, cfg.data.eval_fraction, cfg.seed)
     renderer = Renderer(tok, cfg.data.max_seq_len)
     pairs, dropped = build_pairs(rows, renderer, cfg.margin_scale)
     if not pairs:

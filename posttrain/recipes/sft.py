@@ -69,11 +69,7 @@ def build_data(cfg: SFTConfig, tok, log=print):
     if cfg.data.eval_path:
         _, eval_examples = load_examples(cfg.data.eval_path, cfg.data.format)
     elif cfg.data.eval_fraction > 0:
-        g = torch.Generator().manual_seed(cfg.seed)
-        order = torch.randperm(len(examples), generator=g).tolist()
-        n_eval = max(1, int(len(examples) * cfg.data.eval_fraction))
-        eval_examples = [examples[i] for i in sorted(order[:n_eval])]
-        examples = [examples[i] for i in sorted(order[n_eval:])]
+        examples, eval_examples = common.split_off(examples, cfg.data.eval_fraction, cfg.seed)
     renderer = Renderer(tok, cfg.data.max_seq_len)
     rows, stats = render_all(examples, renderer)
     if not rows:
