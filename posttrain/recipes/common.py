@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from posttrain.config import doc, result_diff, save_config
+from posttrain.data.formats import load_examples
 from posttrain.errors import TrainingDiverged, UserError
 from posttrain.io import atomic_dir, atomic_write_json, check_writable
 from posttrain.losses.sft import nll_sum, token_mean
@@ -225,6 +226,22 @@ def save_final(out: Path, model, tok, stop_ids: list[int], lora: LoraConfig) -> 
         return out / "adapter"
     save_model(model.merge_and_unload(), tok, out / "model", stop_ids)
     return out / "model"
+
+
+def load_split(data, seed: int, kind: type, needs: str) -> tuple[str, list, list]:
+    """A recipe's data section read and split: (format, training examples, held-out examples). `data` has
+    path, format, limit, eval_path and eval_fraction; every example must be a `kind` (else one line saying the
+    recipe `needs` what); the held-out part is `eval_path`, or a seeded `eval_fraction` of the file."""
+    if not data.path:
+        raise UserError("data: no training data given (set data=FILE or data.path in the config)")
+    fmt, examples = load_examples(data.path, data.format, limit=data.limit or None)
+    if not all(isinstance(e, kind) for e in examples):
+        raise UserError(f"data: '{data.path}' is {fmt} data; {needs}")
+    if data.eval_path:
+        return fmt, examples, load_examples(data.eval_path, data.format)[1]
+    if data.eval_fraction > 0:
+        return fmt, *split_off(examples, data.eval_fraction, seed)
+    return fmt, examples, []
 
 
 def split_off(items: list, fraction: float, seed: int) -> tuple[list, list]:

@@ -33,7 +33,6 @@ import torch
 
 from posttrain.config import doc, section
 from posttrain.data.collate import pack_lengths, packed_batch
-from posttrain.data.formats import load_examples
 from posttrain.data.render import Rendered, Renderer
 from posttrain.data.types import Conversation, Preference
 from posttrain.errors import UserError
@@ -121,17 +120,8 @@ def render_pairs(examples: list[Preference], renderer: Renderer) -> tuple[list[P
 
 def build_data(cfg: DPOConfig, tok) -> tuple[list[Pair], list[Pair], Counter]:
     """Load, split and render the pairs. Returns (train pairs, eval pairs, dropped reasons)."""
-    if not cfg.data.path:
-        raise UserError("data: no preference data given (set data=FILE or data.path in the config)")
-    fmt, examples = load_examples(cfg.data.path, cfg.data.format, limit=cfg.data.limit or None)
-    if not all(isinstance(e, Preference) for e in examples):
-        raise UserError(f"data: '{cfg.data.path}' is {fmt} data; {cfg.loss} needs preference pairs "
-                        "(prompt/chosen/rejected)")
-    eval_examples: list = []
-    if cfg.data.eval_path:
-        _, eval_examples = load_examples(cfg.data.eval_path, cfg.data.format)
-    elif cfg.data.eval_fraction > 0:
-        examples, eval_examples = common.split_off(examples, cfg.data.eval_fraction, cfg.seed)
+    _, examples, eval_examples = common.load_split(
+        cfg.data, cfg.seed, Preference, f"{cfg.loss} needs preference pairs (prompt/chosen/rejected)")
     renderer = Renderer(tok, cfg.data.max_seq_len)
     pairs, dropped = render_pairs(examples, renderer)
     if not pairs:

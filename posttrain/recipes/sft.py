@@ -23,7 +23,6 @@ import torch
 
 from posttrain.config import doc, section
 from posttrain.data.collate import pack_rows, packed_batch, pad_batch
-from posttrain.data.formats import load_examples
 from posttrain.data.render import Renderer, render_all
 from posttrain.data.types import Conversation
 from posttrain.errors import UserError
@@ -59,17 +58,8 @@ class SFTConfig(common.RunConfig):
 
 def build_data(cfg: SFTConfig, tok, log=print):
     """Load, split, render and (optionally) pack the data. Returns (train rows, units, eval rows, eval units, stats)."""
-    if not cfg.data.path:
-        raise UserError("data: no training data given (set data=FILE or data.path in the config)")
-    fmt, examples = load_examples(cfg.data.path, cfg.data.format, limit=cfg.data.limit or None)
-    if not all(isinstance(e, Conversation) for e in examples):
-        raise UserError(f"data: '{cfg.data.path}' is {fmt} data; SFT needs conversations "
-                        "(messages, sharegpt, alpaca, prompt_completion or text)")
-    eval_examples: list = []
-    if cfg.data.eval_path:
-        _, eval_examples = load_examples(cfg.data.eval_path, cfg.data.format)
-    elif cfg.data.eval_fraction > 0:
-        examples, eval_examples = common.split_off(examples, cfg.data.eval_fraction, cfg.seed)
+    _, examples, eval_examples = common.load_split(
+        cfg.data, cfg.seed, Conversation, "SFT needs conversations (messages, sharegpt, alpaca, prompt_completion or text)")
     renderer = Renderer(tok, cfg.data.max_seq_len)
     rows, stats = render_all(examples, renderer)
     if not rows:
