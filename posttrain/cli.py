@@ -5,6 +5,7 @@
     posttrain pretrain data=CORPUS output_dir=DIR
     posttrain pipeline [--config FILE] base=PATH
     posttrain rm model=SFT_MODEL data=PREFS output_dir=DIR; posttrain rm score --model RM --data FILE [--json]
+    posttrain kto model=SFT_MODEL data=UNPAIRED output_dir=DIR [beta=0.1 desirable_weight=1.0 undesirable_weight=1.0]
     posttrain data check FILE [--model PATH] [--json]
     posttrain generate --model PATH --prompt TEXT [--prompt TEXT ...]
     posttrain merge --adapter DIR --out DIR
@@ -36,6 +37,7 @@ RECIPES = {
     "pretrain": ("posttrain.recipes.pretrain", "PretrainConfig"),
     "dpo": ("posttrain.recipes.dpo", "DPOConfig"),
     "rm": ("posttrain.recipes.rm", "RMConfig"),
+    "kto": ("posttrain.recipes.kto", "KTOConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
 COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs"]
