@@ -371,6 +371,22 @@ def section_differences(ctx: Context):
                    "interval; an interval that contains 0 is no measurable change.")
 
 
+def section_family_changes(ctx: Context):
+    """What each stage changed, per family: each trained model against the model it started from (its
+    `compare_to`), as bars with their paired 95% intervals."""
+    from posttrain.eval.world import compare
+    from posttrain.report.html import Section, family_changes_html
+
+    evals = _evals(ctx)
+    diffs = {f"{s.name} - {s.compare_to}": compare(evals[s.compare_to], evals[s.name])
+             for s in STAGES if s.model and s.name in evals and s.compare_to in evals}
+    if not diffs:
+        return None
+    return Section("What each stage changed, per family", family_changes_html(diffs),
+                   "Per family, the gold of each stage's model minus the model it started from, on the same prompts; "
+                   "the error bar is the paired bootstrap 95% interval.")
+
+
 def section_probes(ctx: Context):
     from posttrain.report.html import Section, probes_table
 
@@ -414,8 +430,8 @@ def section_curves(ctx: Context):
     return Section("Training curves", curves_html(curves)) if curves else None
 
 
-SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_probes, section_example,
-                                            section_curves]
+SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_family_changes, section_probes,
+                                            section_example, section_curves]
 
 
 # --- running it -----------------------------------------------------------------------------------------------

@@ -207,6 +207,7 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     assert cfg.model.path == str(out / "sft" / "model") and cfg.data.path == str(out / "prefs" / "prefs.jsonl")
     html = (out / "report.html").read_text()
     assert "<th>dpo</th>" in html and "<th>dpo - sft</th>" in html
+    assert "<h2>What each stage changed, per family</h2>" in html
 
 
 def test_an_unknown_annotator_is_refused_before_any_work(model_dir, tmp_path):

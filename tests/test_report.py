@@ -16,7 +16,9 @@ from posttrain.report import (
     eval_table,
     example_html,
     example_tokens,
+    family_changes_html,
     plot_curves,
+    plot_family_changes,
     probes_table,
     write_report,
 )
@@ -119,3 +121,16 @@ def test_example_tokens_follow_the_loss_mask(tok):
     assert ex["trained"] == [lab != -100 for lab in r.labels]
     assert any(ex["trained"]) and not all(ex["trained"])
     assert "4" in "".join(t for t, tr in zip(ex["tokens"], ex["trained"]) if tr)
+
+
+def test_family_changes_are_one_png_with_a_bar_per_family_and_comparison():
+    diffs = {"sft - base": {"diff": 0.4, "lo": 0.3, "hi": 0.5,
+                            "families": {"poem": {"diff": 0.5, "lo": 0.25, "hi": 0.75},
+                                         "facts": {"diff": -0.125, "lo": -0.25, "hi": 0.0}}},
+             "dpo - sft": {"diff": 0.0, "lo": -0.1, "hi": 0.1,
+                           "families": {"facts": {"diff": 0.0, "lo": 0.0, "hi": 0.0}}}}  # poem missing: no bar
+    png = plot_family_changes(diffs)
+    assert png.startswith(PNG_SIGNATURE)
+    assert png == plot_family_changes(diffs)  # no timestamp in the file: the same input gives the same bytes
+    html = family_changes_html(diffs)
+    assert html.count("<img") == 1 and base64.b64decode(html.split("base64,")[1].split('"')[0]).startswith(PNG_SIGNATURE)

@@ -8,10 +8,12 @@ from posttrain.report.html import (
     eval_table,
     example_html,
     example_tokens,
+    family_changes_html,
     plot_curves,
+    plot_family_changes,
     probes_table,
     write_report,
 )
 
 __all__ = ["Section", "curves_html", "differences_table", "eval_table", "example_html", "example_tokens",
-           "plot_curves", "probes_table", "write_report"]
+           "family_changes_html", "plot_curves", "plot_family_changes", "probes_table", "write_report"]

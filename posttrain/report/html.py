@@ -189,6 +189,47 @@ def plot_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
     return buf.getvalue()
 
 
+def plot_family_changes(diffs: dict[str, dict]) -> bytes:
+    """PNG bytes of a horizontal bar chart: per family, each comparison's paired gold difference (`diffs`:
+    label -> `eval.world.compare` result) with its 95% interval as an error bar."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    labels = list(diffs)
+    families = _ordered_union([list(d["families"]) for d in diffs.values()])
+    fig = Figure(figsize=(7.5, 0.22 * len(families) * max(1, len(labels)) ** 0.5 + 1.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    height = 0.8 / max(1, len(labels))
+    for j, label in enumerate(labels):
+        fams = diffs[label]["families"]
+        ys, xs, err = [], [], [[], []]
+        for i, f in enumerate(families):
+            if f in fams:
+                d = fams[f]
+                ys.append(i + (j - (len(labels) - 1) / 2) * height)
+                xs.append(d["diff"])
+                err[0].append(max(0.0, d["diff"] - d["lo"]))
+                err[1].append(max(0.0, d["hi"] - d["diff"]))
+        ax.barh(ys, xs, height=height, xerr=err, label=label, capsize=2, error_kw={"linewidth": 0.8})
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(families)), families, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("gold difference (paired, 95% interval)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def family_changes_html(diffs: dict[str, dict]) -> str:
+    """The per-family chart of `plot_family_changes` as an inline image."""
+    png = base64.b64encode(plot_family_changes(diffs)).decode("ascii")
+    return f'<img alt="per-family gold differences" src="data:image/png;base64,{png}">'
+
+
 def curves_html(curves: dict[str, list[tuple[int, float]]]) -> str:
     """Curves with two or more points as one PNG (a panel each); a curve with one point as a number."""
     many = {k: v for k, v in curves.items() if len(v) > 1}
