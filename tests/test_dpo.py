@@ -5,6 +5,7 @@ LoRA; a golden loss curve; bad input."""
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -91,6 +92,18 @@ def test_resume_continues_exactly(model_dir, pref_file, tmp_path, interrupt_at):
     run(model_dir, pref_file, tmp_path / "cut", "max_steps=4", "save_every=2")
     a, b = load_file(tmp_path / "full" / "model" / "model.safetensors"), load_file(tmp_path / "cut" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+
+
+def test_a_resume_without_the_reference_cache_recomputes_it_from_the_starting_model(model_dir, pref_file, tmp_path,
+                                                                                    interrupt_at):
+    run(model_dir, pref_file, tmp_path / "full", "max_steps=4", "save_every=2")
+    with interrupt_at(3):
+        run(model_dir, pref_file, tmp_path / "cut", "max_steps=4", "save_every=2")
+    shutil.rmtree(tmp_path / "cut" / "reference")
+    run(model_dir, pref_file, tmp_path / "cut", "max_steps=4", "save_every=2")
+    ref = {k: torch.load(tmp_path / d / "reference" / "logps.pt") for k, d in (("a", "full"), ("b", "cut"))}
+    assert torch.equal(ref["a"]["train"], ref["b"]["train"])
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
 
 

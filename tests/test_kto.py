@@ -138,7 +138,8 @@ def test_bad_input(model_dir, tok, tmp_path, capsys):
     assert "is preference data; kto needs unpaired rows" in _fails(capsys, [*base, f"data={pairs}"])
     assert "use posttrain dpo" in _fails(capsys, [*base, f"data={pairs}"])
     good_file = write_jsonl(tmp_path / "all.jsonl", unpaired_rows(4))
-    assert "is not unpaired data" in _fails(capsys, [*base, f"data={good_file}", f"data.eval_path={pairs}"])
+    msg = _fails(capsys, [*base, f"data={good_file}", f"data.eval_path={pairs}"])
+    assert msg.startswith("error: data.eval_path: ") and "is preference data" in msg, msg
     good = [r for r in unpaired_rows(4) if r["label"]]
     only_good = write_jsonl(tmp_path / "good.jsonl", good + [{"prompt": "hi", "completion": " ", "label": False}])
     err = _fails(capsys, [*base, f"data={only_good}"])

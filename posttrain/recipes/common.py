@@ -238,7 +238,10 @@ def load_split(data, seed: int, kind: type, needs: str) -> tuple[str, list, list
     if not all(isinstance(e, kind) for e in examples):
         raise UserError(f"data: '{data.path}' is {fmt} data; {needs}")
     if data.eval_path:
-        return fmt, examples, load_examples(data.eval_path, data.format)[1]
+        eval_fmt, held = load_examples(data.eval_path, data.format)
+        if not all(isinstance(e, kind) for e in held):
+            raise UserError(f"data.eval_path: '{data.eval_path}' is {eval_fmt} data; {needs}")
+        return fmt, examples, held
     if data.eval_fraction > 0:
         return fmt, *split_off(examples, data.eval_fraction, seed)
     return fmt, examples, []

@@ -214,8 +214,9 @@ def _metric_keys(cfg: DPOConfig) -> list[str]:
 
 
 def load_or_compute_reference(cfg: DPOConfig, run: common.Run, model, acc, pairs, eval_pairs, pad_id):
-    """The cached reference log-probs of the train and eval pairs (computed with the starting model on the
-    first run, read back on a resume)."""
+    """The cached reference log-probs of the train and eval pairs: computed with the starting model on the first
+    run, read back on a resume. Called before a resume loads a checkpoint, so a missing cache is recomputed from
+    the starting model, never from trained weights."""
     path = run.out / "reference"
     if (path / "logps.pt").exists():
         cached = torch.load(path / "logps.pt", map_location="cpu")
@@ -253,12 +254,12 @@ def main(cfg: DPOConfig) -> dict:
     optimizer, scheduler = common.make_optimizer(params, cfg.optim, max_steps)
     model, optimizer = acc.prepare(model, optimizer)
     reasons = ", ".join(f"{n} {r}" for r, n in dropped.items()) or "none"
+    ref = ref_eval = None
+    if needs_reference(cfg.loss):  # before a resume loads trained weights: the reference is the starting model
+        ref, ref_eval = load_or_compute_reference(cfg, run, model, acc, pairs, eval_pairs, tok.pad_token_id)
     start = run.resume({"model": model}, {"model": optimizer}, {"model": scheduler}, max_steps,
                        f"{len(pairs)} pairs ({sum(dropped.values())} dropped: {reasons}), {len(eval_pairs)} held out, "
                        f"loss {cfg.loss}, {steps_text}")
-    ref = ref_eval = None
-    if needs_reference(cfg.loss):
-        ref, ref_eval = load_or_compute_reference(cfg, run, model, acc, pairs, eval_pairs, tok.pad_token_id)
 
     # The loop.
     model.train()

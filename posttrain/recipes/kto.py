@@ -141,8 +141,6 @@ def render_unpaired(examples: list[Unpaired], renderer: Renderer, seed: int) -> 
 def build_data(cfg: KTOConfig, tok) -> tuple[KTOData, KTOData, Counter]:
     """Load, split and render the rows. Returns (train data, eval data, dropped reasons)."""
     _, examples, eval_examples = common.load_split(cfg.data, cfg.seed, Unpaired, NEEDS)
-    if not all(isinstance(e, Unpaired) for e in eval_examples):
-        raise UserError(f"data: '{cfg.data.eval_path}' is not unpaired data; {NEEDS}")
     renderer = Renderer(tok, cfg.data.max_seq_len)
     data, dropped = render_unpaired(examples, renderer, cfg.seed)
     reasons = f" ({', '.join(f'{n} {r}' for r, n in dropped.items())} dropped)" if dropped else ""
@@ -270,10 +268,11 @@ def main(cfg: KTOConfig) -> dict:
     optimizer, scheduler = common.make_optimizer(params, cfg.optim, max_steps)
     model, optimizer = acc.prepare(model, optimizer)
     reasons = ", ".join(f"{n} {r}" for r, n in dropped.items()) or "none"
+    # before a resume loads trained weights: the reference is the starting model
+    ref, ref_eval = dpo.load_or_compute_reference(cfg, run, model, acc, data.seqs, held.seqs, pad_id)
     start = run.resume({"model": model}, {"model": optimizer}, {"model": scheduler}, max_steps,
                        f"{len(data.seqs)} completions ({balance(cfg, data)}; {sum(dropped.values())} dropped: "
                        f"{reasons}), {len(held.seqs)} held out, {steps_text}")
-    ref, ref_eval = dpo.load_or_compute_reference(cfg, run, model, acc, data.seqs, held.seqs, pad_id)
 
     # The loop.
     model.train()
