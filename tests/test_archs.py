@@ -1,11 +1,12 @@
 """The preference recipes on every tiny architecture (Llama, Qwen2, Mistral, GPT-2, GPT-NeoX): packed sequence
-log-probs equal each sequence alone; `posttrain rm` trains and plain `AutoModelForSequenceClassification` scores
-the saved model as posttrain does, at the response's last token (also with pad == EOS); `posttrain dpo` (dpo and
+log-probs equal each sequence alone; `posttrain rm` (full and LoRA) trains and plain
+`AutoModelForSequenceClassification` scores the saved model as posttrain does, at the response's last token (also
+with pad == EOS), and with LoRA the merged model/ scores as the adapter on the base does; `posttrain dpo` (dpo and
 the reference-free simpo, full and LoRA) trains, its cached reference equals a live forward of the starting model,
 and what it saves loads with plain transformers (and peft) and generates.
 
 Every model is a seeded random-init tiny model (hidden 32, 2 layers) with the session's BPE tokenizer; nothing is
-downloaded. SFT on every architecture is tested in test_models.py; `posttrain rm` has no LoRA option.
+downloaded. SFT on every architecture is tested in test_models.py.
 """
 
 from __future__ import annotations
@@ -111,9 +112,10 @@ def test_packed_sequence_logps_equal_each_sequence_alone(arch, bases, tok):
 # --- posttrain rm --------------------------------------------------------------------------------
 
 
-def run_rm(base, data, out) -> dict:
+def run_rm(base, data, out, *extra: str) -> dict:
     cfg = load_config(rm.RMConfig, None, [f"model={base}", f"data={data}", f"output_dir={out}", "optim.lr=1e-3",
-                                          "batch_size=4", "micro_batch_size=2", "max_steps=2", "data.max_seq_len=64"])
+                                          "batch_size=4", "micro_batch_size=2", "max_steps=2", "data.max_seq_len=64",
+                                          *extra])
     return rm.main(cfg)
 
 
@@ -160,6 +162,46 @@ def test_rm_trains_and_plain_hf_scores_the_same(arch, bases, prefs, tmp_path):
     assert config.architectures == [f"{HF_NAME[arch]}ForSequenceClassification"]
     tok = check_reward_model(out, bases(arch))
     assert tok.pad_token_id != tok.eos_token_id
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_rm_lora_merges_into_a_plain_reward_model(arch, bases, prefs, tmp_path):
+    """LoRA (peft SEQ_CLS), 2 steps: finite losses; adapter/ holds the LoRA weights of the body and the head `score`
+    in full (no LoRA on the head). model/ is the merged reward model: plain HF loads it and scores as posttrain does
+    (`check_reward_model`), and its scores equal posttrain's scoring of the adapter model (adapter/ loaded with peft
+    on the base as a sequence classifier, with the run's seeded initial head) to 1e-5, as do peft's own logits of
+    each row alone. The head trained (it differs from the initial one) and the body moved."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    base, out = bases(arch), tmp_path / "rm"
+    run_rm(base, prefs, out, "lora.enabled=true", "lora.r=4")
+    finite_curve(out)
+    saved = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any("lora_B" in k for k in saved) and [k for k in saved if "score" in k] == ["base_model.model.score.weight"]
+    tok = check_reward_model(out, base)
+    merged_model, _, pad = rm.load_scorer(str(out / "model"))
+    merged = [r["score"] for r in rm.score_examples(merged_model, tok, SCORED, pad, max_seq_len=64)]
+
+    torch.manual_seed(0)  # the run's initial head: seeded with `seed` (0) before loading
+    with rm._quiet_hf():
+        start = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
+    initial_head = start.score.weight.detach().clone()
+    body = {k: v.detach().clone() for k, v in start.state_dict().items() if not k.startswith("score.")}
+    adapted = PeftModel.from_pretrained(start, str(out / "adapter")).eval()
+    ours = [r["score"] for r in rm.score_examples(adapted, tok, SCORED, pad, max_seq_len=64)]
+    assert ours == pytest.approx(merged, abs=1e-5)
+    renderer = Renderer(tok, 64)
+    stop = set(renderer.stop_token_ids())
+    with torch.no_grad():
+        for conv, want in zip(SCORED, merged):
+            s = rm.scored(renderer.render(conv), stop, pad)
+            assert adapted(input_ids=torch.tensor([s])).logits[0, 0].item() == pytest.approx(want, abs=1e-5)
+    head = merged_model.score.weight.detach()
+    assert torch.equal(head, saved["base_model.model.score.weight"])
+    assert (head - initial_head).abs().max().item() > 1e-4  # the head trained in full
+    moved = merged_model.state_dict()
+    assert max((moved[k] - v).abs().max().item() for k, v in body.items()) > 1e-6  # the merged LoRA changed the body
 
 
 def test_rm_with_pad_equal_to_eos(bases, prefs, tmp_path):

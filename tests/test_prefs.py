@@ -32,9 +32,9 @@ from posttrain.world.annotators import REPORTED, Comparison, panel_report
 N, K = 5, 3
 
 
-def fake_generate(monkeypatch, calls: list | None = None) -> None:
+def fake_generate(monkeypatch, calls: list | None = None, split: str = "train") -> None:
     """`generate` answers the reference for sample 0 of each prompt and "" for the others; the prompts must
-    be the TRAIN split's distinct tasks for the seed passed (a KeyError otherwise)."""
+    be the `split`'s (TRAIN by default) distinct tasks for the seed passed (a KeyError otherwise)."""
     import posttrain.rollout.generate as gen
 
     def fake(model, tokenizer, prompts, max_new_tokens=128, temperature=0.0, top_p=1.0, batch_size=8, seed=0,
@@ -43,7 +43,7 @@ def fake_generate(monkeypatch, calls: list | None = None) -> None:
             calls.append({"n": n, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
                           "batch_size": batch_size, "seed": seed})
         refs = {tuple((m.role, m.content) for m in t.messages): t.reference
-                for t in sample_tasks(len(prompts), "train", seed, distinct=True)}
+                for t in sample_tasks(len(prompts), split, seed, distinct=True)}
         out = []
         for i, p in enumerate(prompts):
             ref = refs[tuple((m.role, m.content) for m in p)]
@@ -108,6 +108,40 @@ def test_all_pairs_with_the_gold_annotator(model_dir, tmp_path, capsys, monkeypa
     assert f"panel report on the same {2 * N} pairs (0 gold ties)" in printed
     assert f"note: {2 * N} pairs have an empty response; training drops them" in printed  # every rejected is ""
     assert f"wrote {2 * N} preference pairs to {out}" in printed
+
+
+def test_split_test_draws_the_held_out_prompts(model_dir, tmp_path, capsys, monkeypatch):
+    """--split test: the prompts are the world's TEST split's distinct tasks (the fake raises a KeyError on any
+    other prompt), none of them a train prompt; the rows have the same format and load as preference data; the
+    report says "test split" and a note first says these are the held-out test prompts. (A bad --split: one
+    line, exit 2, in BAD_FLAGS.)"""
+    from posttrain.rollout.prefs import TEST_SPLIT_NOTE
+
+    fake_generate(monkeypatch, split="test")
+    out = tmp_path / "test.jsonl"
+    assert prefs(model_dir, out, "--split", "test") == 0
+    tasks = sample_tasks(N, "test", 0, distinct=True)
+    assert [score(t, t.reference).gold for t in tasks] == [1.0] * N and [score(t, "").gold for t in tasks] == [0.0] * N
+    records = rows(out)
+    assert len(records) == 2 * N
+
+    def as_rows(ts):
+        return [[{"role": m.role, "content": m.content} for m in t.messages] for t in ts]
+
+    assert [r["prompt"] for r in records[::2]] == as_rows(tasks)
+    train = {json.dumps(p) for p in as_rows(sample_tasks(50, "train", 0, distinct=True))}
+    assert not {json.dumps(r["prompt"]) for r in records} & train
+    assert [(r["chosen"], r["rejected"]) for r in records[::2]] == [(t.reference, "") for t in tasks]
+    fmt, examples = load_examples(str(out))
+    assert fmt == "preference" and len(examples) == 2 * N and examples[0].prompt == tasks[0].messages
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == TEST_SPLIT_NOTE and "held-out test prompts" in TEST_SPLIT_NOTE
+    assert printed[1].startswith(f"prompts {N} (test split, {N} asked)  k {K}")
+
+    fake_generate(monkeypatch)  # the default split is train, without the note
+    assert prefs(model_dir, out) == 0
+    printed = capsys.readouterr().out
+    assert TEST_SPLIT_NOTE not in printed and f"prompts {N} (train split, {N} asked)" in printed
 
 
 def test_best_vs_worst_gives_one_pair_per_prompt(model_dir, tmp_path, capsys, monkeypatch):
@@ -249,6 +283,7 @@ BAD_FLAGS = [
     (["--mode", "best-vs-worst"], "error: --mode: unknown value 'best-vs-worst' (did you mean 'best_vs_worst'?); "
                                   "choose one of all, best_vs_worst"),
     (["--ties", "kep"], "error: --ties: unknown value 'kep' (did you mean 'keep'?); choose one of drop, keep"),
+    (["--split", "tset"], "error: --split: unknown value 'tset' (did you mean 'test'?); choose one of train, test"),
 ]
 
 
@@ -300,6 +335,7 @@ def test_help_lists_the_annotators(capsys):
     ({"k": 1}, "k must be >= 2"), ({"temperature": 0.0}, "temperature must be > 0"),
     ({"n_prompts": 0}, "n_prompts must be >= 1"), ({"annotator": "nobody"}, "unknown annotator 'nobody'"),
     ({"mode": "pairs"}, "mode: unknown value 'pairs'"), ({"threshold": -0.1}, "threshold must be in [0, 1]"),
+    ({"split": "eval"}, "split: unknown value 'eval'"),
 ])
 def test_make_preferences_checks_before_sampling(kwargs, message):
     """The function API refuses bad arguments before touching the model (None here)."""

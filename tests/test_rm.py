@@ -185,6 +185,34 @@ def test_resume_continues_exactly(model_dir, pref_file, tmp_path, interrupt_at):
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
 
 
+def test_lora_resume_continues_exactly(model_dir, pref_file, tmp_path, interrupt_at):
+    """With LoRA the checkpoint holds the adapters and the head (trained in full, `modules_to_save`), not the frozen
+    original head: the resumed run ends as the uninterrupted one (adapter/, merged model/, losses). `rm score` on
+    adapter/ points to model/; the head as a LoRA target is refused."""
+    lora = ("max_steps=4", "save_every=2", "lora.enabled=true", "lora.r=4")
+    run(model_dir, pref_file, tmp_path / "full", *lora)
+    with interrupt_at(3):
+        run(model_dir, pref_file, tmp_path / "cut", *lora)
+    assert not (tmp_path / "cut" / "model").exists()
+    saved = torch.load(common.latest_checkpoint(tmp_path / "cut" / "checkpoints") / "state.pt",
+                       weights_only=False)["models"]["model"]
+    assert any("lora_A" in k for k in saved) and any("lora_B" in k for k in saved)
+    assert [k for k in saved if "score" in k] == ["base_model.model.score.modules_to_save.default.weight"]
+    run(model_dir, pref_file, tmp_path / "cut", *lora)
+    a, b = weights(tmp_path / "full"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    assert len(set(losses(tmp_path / "full"))) == 4
+
+    with pytest.raises(UserError, match="is a LoRA adapter; score with the merged reward model"):
+        rm.score_cli(["--model", str(tmp_path / "full" / "adapter"), "--data", str(pref_file)])
+    with pytest.raises(UserError, match="lora.target_modules: 'score' is the reward head"):
+        run(model_dir, pref_file, tmp_path / "e", "lora.enabled=true", "lora.target_modules=q_proj,score")
+    assert not (tmp_path / "e").exists()
+
+
 def test_a_fixed_batch_is_learned(model_dir, pref_file, tmp_path):
     """All 24 pairs are every step's batch: the loss falls and the accuracy rises; the saved model is a reward
     model (one label, the pad id in its config); a golden curve pins the first losses (fp32, CPU)."""

@@ -27,6 +27,12 @@ Choices this recipe makes:
   (`world.gold_chosen` / `world.gold_rejected`), eval/gold_accuracy (the reward's ordering against the gold
   ordering, on pairs whose gold differs) next to eval/label_gold_accuracy (the labels' own agreement with gold on
   those pairs: the ceiling the annotator's noise allows for eval/accuracy).
+- `lora.enabled=true` (the `lora` section, as SFT and DPO have): peft LoRA with task_type "SEQ_CLS" on the body's
+  linear layers (auto-detected targets leave the head out), the head `score` trained in full
+  (`modules_to_save`; a new head has nothing to adapt from). Checkpoints hold the adapter and the head, so resume
+  stays exact. The run saves adapter/ (loads with peft on the base as a sequence classifier, num_labels=1) and,
+  with `lora.merge` (default), the merged reward model in model/, which plain
+  `AutoModelForSequenceClassification` loads and `rm score` reads (`common.save_final`).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -49,7 +56,7 @@ from posttrain.errors import UserError
 from posttrain.io import atomic_write_text, check_writable
 from posttrain.losses.preference import example_mean
 from posttrain.losses.reward import bradley_terry_loss
-from posttrain.models.load import check_model_folder, load_tokenizer, save_model
+from posttrain.models.load import check_model_folder, load_tokenizer
 from posttrain.recipes import common
 from posttrain.recipes.dpo import PrefDataConfig, render_pairs
 
@@ -60,8 +67,10 @@ class RMConfig(common.RunConfig):
                                                             "body, and a new scalar head")
     data: PrefDataConfig = section(PrefDataConfig, "preference pairs")
     optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule")
+    lora: common.LoraConfig = section(common.LoraConfig, "LoRA (through peft, task SEQ_CLS) on the body; the head "
+                                                         "`score` is trained in full")
     output_dir: str = doc("runs/rm", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, model/ (the reward "
-                                     "model), result.json", changes_result=False)
+                                     "model), adapter/ (with LoRA), result.json", changes_result=False)
     batch_size: int = doc(16, "preference pairs per optimizer step, over all processes and accumulation", ge=1)
     micro_batch_size: int = doc(8, "pairs per forward pass on one process (2 right-padded rows each)", ge=1,
                                 changes_result=False)
@@ -261,8 +270,12 @@ def _quiet_hf():
         hf_logging.set_verbosity(before)
 
 
+HEAD = "score"  # the scalar head of every *ForSequenceClassification posttrain reads (`_check_head`)
+
+
 def load_reward_model(cfg: RMConfig, tok):
-    """The model to train: the body from `model.path`, the head new (seeded with `seed`) unless it is there too."""
+    """The model to train: the body from `model.path`, the head new (seeded with `seed`) unless it is there too;
+    with `lora.enabled`, LoRA on the body (peft SEQ_CLS) and the head trained in full."""
     from transformers import AutoModelForSequenceClassification
 
     path = check_model_folder(cfg.model.path, "model")
@@ -280,6 +293,11 @@ def load_reward_model(cfg: RMConfig, tok):
     _check_head(model, path, "model")
     model.config.pad_token_id = tok.pad_token_id  # the head finds the last non-pad token with it
     model.config.use_cache = False
+    if cfg.lora.enabled:
+        from posttrain.models.lora import apply_lora
+
+        model = apply_lora(model, cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules or None,
+                           task_type="SEQ_CLS", modules_to_save=[HEAD])
     if cfg.model.gradient_checkpointing:
         model.activation_checkpointing_enable({"use_reentrant": False})
     if cfg.compile:
@@ -291,6 +309,8 @@ def main(cfg: RMConfig) -> dict:
     """Train a reward model; returns the final metrics (also in metrics.jsonl and result.json)."""
     acc = common.make_accelerator(cfg.precision, cfg.seed, cfg.threads)
     common.check_batch(cfg.batch_size, cfg.micro_batch_size, acc.num_processes)
+    if HEAD in cfg.lora.target_modules:
+        raise UserError(f"lora.target_modules: '{HEAD}' is the reward head, which LoRA trains in full; leave it out")
     run = common.open_run(cfg, acc, "rm")
     if run.finished:
         return run.result["metrics"]
@@ -345,11 +365,9 @@ def main(cfg: RMConfig) -> dict:
         run.log.log(max_steps, {k: v for k, v in metrics.items() if k.startswith("eval/")})
         if acc.is_main_process:
             print(f"rm: {eval_summary(metrics, len(eval_pairs))}")
-    if acc.is_main_process:
-        final = acc.unwrap_model(model)
-        final.config.use_cache = True
-        save_model(final, tok, run.out / "model")
-        print(f"rm: done; reward model saved to {run.out / 'model'}")
+    if acc.is_main_process:  # model/ (with LoRA: adapter/, and model/ merged)
+        where = common.save_final(run.out, acc.unwrap_model(model), tok, [], cfg.lora)
+        print(f"rm: done; reward model saved to {where}")
     acc.wait_for_everyone()
     return run.finish(metrics)
 
@@ -473,6 +491,9 @@ def score_cli(argv: list[str]) -> int:
     check_flags(args, max_seq_len={"ge": 2}, batch_size={"ge": 1})
     if args.out:
         check_writable(args.out, "--out")
+    if (Path(args.model) / "adapter_config.json").exists() and not (Path(args.model) / "config.json").exists():
+        raise UserError(f"--model: '{args.model}' is a LoRA adapter; score with the merged reward model (the run's "
+                        "model/)")
     check_model_folder(args.model, "--model")
     fmt, examples = load_examples(args.data, args.format)
     if not all(isinstance(e, Preference) or (isinstance(e, Conversation) and not e.document) for e in examples):

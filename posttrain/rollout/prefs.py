@@ -1,14 +1,15 @@
 """`posttrain prefs generate`: preference data from a policy's own samples, labelled by a simulated annotator.
 
-    posttrain prefs generate --policy PATH --n-prompts N --k K --annotator NAME --out FILE
+    posttrain prefs generate --policy PATH --n-prompts N --k K --annotator NAME --out FILE [--split train|test]
         [--mode all|best_vs_worst] [--ties drop|keep] [--unpaired] [--threshold 0.7]
         [--temperature 1.0] [--top-p 1.0] [--max-new-tokens 128] [--batch-size 32] [--seed 0]
 
 The steps, each a function the pipeline can call without the command line:
 
-1. `sample_tasks(N, "train", seed, distinct=True)`: N distinct prompts of the world's TRAIN split, balanced
-   across families (a family with fewer distinct prompts than its share gives them all, so there can be
-   fewer than N);
+1. `sample_tasks(N, split, seed, distinct=True)`: N distinct prompts of the world's `split` (`train` by
+   default; `test`, the held-out prompts, for data that evaluates reward models: the same format, and the
+   command prints a note that these are the test prompts, to train on only knowingly), balanced across
+   families (a family with fewer distinct prompts than its share gives them all, so there can be fewer than N);
 2. `sample_responses`: K samples per prompt from the policy (`generate(..., n=K)`, temperature > 0: K
    greedy samples would be identical), prompt-major, seeded by `seed`;
 3. `score_responses`: each response's gold score (`world.score(task, text, stopped)`);
@@ -21,8 +22,8 @@ The steps, each a function the pipeline can call without the command line:
 `posttrain.data.formats.load_examples` as `preference` (or `unpaired`) data like any user's file; their
 `world` key (family, annotator, label, gold of each side) is ignored by the loader.
 
-The report (`format_report` prints it): prompts and responses, the mean gold and EOS rate of the
-responses, pairs written out of the candidates and the pairs dropped, split into equal-gold pairs of
+The report (`format_report` prints it): prompts (and their split) and responses, the mean gold and EOS
+rate of the responses, pairs written out of the candidates and the pairs dropped, split into equal-gold pairs of
 prompts with some spread (`dropped_ties`) and the pairs of `flat_prompts` (prompts whose K responses all
 have the same gold; they give no pair unless `ties="keep"` in mode `all`); the annotator's agreement with
 the gold ordering on the written pairs (`annotators.agreement`: a tie against a choice counts half); the
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING
 
 from posttrain.config import check_flags
 from posttrain.errors import UserError, did_you_mean
-from posttrain.world import Task, sample_tasks, score
+from posttrain.world import SPLITS, Task, sample_tasks, score
 from posttrain.world.annotators import (
     GOOD_THRESHOLD,
     MODES,
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 128, "batch_size": 32, "seed": 0}
+TEST_SPLIT_NOTE = ("note: --split test samples the world's held-out test prompts: use this data to evaluate reward "
+                   "models; training on it trains on the test set (do so only knowingly)")
 
 
 def check_choice(value: str, choices: tuple[str, ...], flag: str) -> str:
@@ -177,22 +180,24 @@ def make_preferences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                      annotator: str, seed: int = 0, mode: str = "all", ties: str = "drop",
                      unpaired: bool = False, threshold: float = GOOD_THRESHOLD, temperature: float = 1.0,
                      top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 32,
-                     progress: str = "") -> tuple[list[dict], dict]:
+                     progress: str = "", split: str = "train") -> tuple[list[dict], dict]:
     """Sample, score and label (module docstring): `(records, report)`. Records are preference pairs, or with
-    `unpaired` KTO rows (then `annotator`, `mode` and `ties` are checked but unused). Bad arguments are a
-    `UserError` before anything is sampled."""
+    `unpaired` KTO rows (then `annotator`, `mode` and `ties` are checked but unused), for prompts of the world's
+    `split` ("train", or "test" for held-out evaluation data). Bad arguments are a `UserError` before anything
+    is sampled."""
     _check_counts(n_prompts, k, temperature)
+    check_choice(split, SPLITS, "split")
     get_annotator(annotator)
     check_choice(mode, MODES, "mode")
     check_choice(ties, TIE_RULES, "ties")
     if not 0 <= threshold <= 1:
         raise UserError(f"prefs: threshold must be in [0, 1] (gold scores are), got {threshold}")
-    tasks = sample_tasks(n_prompts, "train", seed, distinct=True)
+    tasks = sample_tasks(n_prompts, split, seed, distinct=True)
     samples = sample_responses(model, tokenizer, tasks, k, temperature=temperature, top_p=top_p,
                                max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, progress=progress)
     golds = score_responses(tasks, samples)
     texts = [[o["text"] for o in outs] for outs in samples]
-    base = {"prompts_requested": n_prompts, "seed": seed, **_base_report(tasks, samples, golds)}
+    base = {"prompts_requested": n_prompts, "split": split, "seed": seed, **_base_report(tasks, samples, golds)}
     if unpaired:
         records, part = label_unpaired(tasks, texts, golds, threshold)
         return records, {"kind": "unpaired", **base, **part}
@@ -219,7 +224,7 @@ def _panel_lines(panel: dict) -> list[str]:
 def format_report(report: dict) -> str:
     """The report as a few lines of text (module docstring)."""
     r = report
-    lines = [f"prompts {r['prompts']} (train split, {r['prompts_requested']} asked)  k {r['k']}  "
+    lines = [f"prompts {r['prompts']} ({r['split']} split, {r['prompts_requested']} asked)  k {r['k']}  "
              f"responses {r['responses']}  mean gold {_f(r['mean_gold'])}  EOS rate {_f(r['eos_rate'])}",
              f"flat prompts {r['flat_prompts']} (all {r['k']} responses with the same gold)"]
     if r["kind"] == "unpaired":
@@ -247,10 +252,13 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posttrain prefs", description="Preference data from a policy's samples.")
     sub = p.add_subparsers(dest="action", required=True)
     g = sub.add_parser("generate", formatter_class=argparse.RawTextHelpFormatter,
-                       help="sample K responses per train prompt, score them, label pairs, write JSONL",
+                       help="sample K responses per prompt, score them, label pairs, write JSONL",
                        description=(__doc__ or "").strip().split("\n\n")[0])
     g.add_argument("--policy", required=True, metavar="PATH", help="model folder (or hub id) with its tokenizer")
-    g.add_argument("--n-prompts", type=int, required=True, metavar="N", help="distinct train prompts, balanced across families")
+    g.add_argument("--n-prompts", type=int, required=True, metavar="N", help="distinct prompts of --split, balanced across families")
+    g.add_argument("--split", default="train",
+                   help="train (default): the world's train prompts; test: its held-out prompts, for data that "
+                        "evaluates reward models")
     g.add_argument("--k", type=int, required=True, metavar="K", help="responses sampled per prompt (>= 2)")
     g.add_argument("--annotator", required=True, metavar="NAME",
                    help="simulated annotator that labels the pairs:\n" + help_text().replace("%", "%%"))
@@ -280,6 +288,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--annotator: {e}") from None
     check_choice(args.mode, MODES, "--mode")
     check_choice(args.ties, TIE_RULES, "--ties")
+    check_choice(args.split, SPLITS, "--split")
 
     from posttrain.io import check_writable
 
@@ -296,6 +305,8 @@ def prefs_main(argv: list[str]) -> int:
     from posttrain.models.load import load_model, load_tokenizer
     from posttrain.world.sft_data import write_jsonl
 
+    if args.split == "test":
+        print(TEST_SPLIT_NOTE)
     tok = load_tokenizer(args.policy)
     model = load_model(args.policy)
     if torch.cuda.is_available():
@@ -304,7 +315,7 @@ def prefs_main(argv: list[str]) -> int:
         model, tok, args.n_prompts, args.k, args.annotator, seed=args.seed, mode=args.mode, ties=args.ties,
         unpaired=args.unpaired, threshold=args.threshold, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        progress="sampling" if sys.stderr.isatty() else "")
+        progress="sampling" if sys.stderr.isatty() else "", split=args.split)
     print(format_report(report))
     if not records:
         sys.stdout.flush()  # the report first, then the error line
