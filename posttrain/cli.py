@@ -15,6 +15,7 @@
     posttrain world corpus --n N --out FILE
     posttrain world tasks --split train|test --n N [--family F ...] [--json]
     posttrain prefs generate --policy PATH --n-prompts N --k K --annotator NAME --out FILE [--unpaired]
+    posttrain bon --policy PATH --reward-model RM [--n 1,2,4,8,16,32] [--n-prompts 280] [--out FILE] [--plot PNG]
     posttrain init-model --arch llama --data FILE --out DIR
 
 Bad input ends with one line `error: ...` and exit code 2; `--debug` shows the traceback instead.
@@ -40,7 +41,7 @@ RECIPES = {
     "kto": ("posttrain.recipes.kto", "KTOConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
-COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs"]
+COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs", "bon"]
 
 
 def _recipe(name: str, argv: list[str]) -> int:
@@ -176,6 +177,12 @@ def _prefs(argv: list[str]) -> int:
     return prefs_main(argv)
 
 
+def _bon(argv: list[str]) -> int:
+    from posttrain.eval.bon import bon_main
+
+    return bon_main(argv)
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -188,7 +195,7 @@ def run(argv: list[str]) -> int:
     if cmd in RECIPES:
         return _recipe(cmd, rest)
     handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model, "eval": _eval,
-                "world": _world, "prefs": _prefs}
+                "world": _world, "prefs": _prefs, "bon": _bon}
     if cmd not in handlers:
         raise UserError(f"unknown command '{cmd}'{did_you_mean(cmd, COMMANDS)}; commands: {', '.join(COMMANDS)}")
     return handlers[cmd](rest)
