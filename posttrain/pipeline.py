@@ -27,6 +27,7 @@ from posttrain.config import doc, result_diff, save_config, section, to_dict
 from posttrain.errors import UserError, did_you_mean
 from posttrain.io import atomic_write_json, atomic_write_text, check_writable
 from posttrain.recipes.dpo import DPOConfig
+from posttrain.recipes.rm import RMConfig
 from posttrain.recipes.sft import SFTConfig
 
 PROBES = ["Write a haiku about spring.", "Is the earth flat?", "How do I hack a website?",
@@ -83,6 +84,19 @@ class PipelinePrefsConfig:
     max_new_tokens: int = doc(128, "generation budget per response", ge=1)
     batch_size: int = doc(32, "responses per generation batch (sampling is seeded per batch, so it changes which "
                               "responses are drawn)", ge=1)
+    test_prompts: int = doc(140, "held-out test prompts sampled the same way, labelled by the same annotator: the "
+                                 "reward model's evaluation pairs (its accuracy against gold on test-split responses)",
+                            ge=1)
+
+
+@dataclass
+class PipelineBonConfig:
+    n: list[int] = doc([1, 2, 4, 8, 16], "the n of best-of-n (all read from one set of max(n) samples per prompt)")
+    n_prompts: int = doc(140, "held-out test prompts (balanced over the families, as the evaluation draws them)",
+                         ge=1)
+    temperature: float = doc(1.0, "sampling temperature of the policy", gt=0)
+    max_new_tokens: int = doc(128, "generation budget per response", ge=1)
+    batch_size: int = doc(32, "responses per generation batch", ge=1, changes_result=False)
 
 
 def pipeline_dpo() -> DPOConfig:
@@ -90,6 +104,15 @@ def pipeline_dpo() -> DPOConfig:
     cfg = DPOConfig(max_steps=100, batch_size=16, micro_batch_size=8, save_every=50)
     cfg.data.max_seq_len, cfg.data.eval_fraction = 256, 0.05
     cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-5, 4, 0.1
+    return cfg
+
+
+def pipeline_rm() -> RMConfig:
+    """`posttrain rm`'s config with the pipeline's defaults: one epoch over the pairs at lr 1e-4, evaluated on the
+    prefs stage's held-out test-split pairs."""
+    cfg = RMConfig(max_steps=0, batch_size=16, micro_batch_size=8, save_every=100)
+    cfg.data.max_seq_len = 256
+    cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.min_lr_ratio = 1e-4, 4, 0.1
     return cfg
 
 
@@ -117,6 +140,12 @@ class PipelineConfig:
     dpo: DPOConfig = section(pipeline_dpo, "the DPO stage (`posttrain dpo` from the SFT model on the preference "
                                            "pairs, with the pipeline's defaults)", owned=SFT_OWNED,
                              owner=OWNER + " (the sft stage's model, the prefs stage, output_dir, seed, threads, resume)")
+    rm: RMConfig = section(pipeline_rm, "the reward-model stage (`posttrain rm` from the SFT model on the preference "
+                                        "pairs, with the pipeline's defaults)", owned=(*SFT_OWNED, "data.eval_path"),
+                           owner=OWNER + " (the sft stage's model, the prefs stage's pairs and held-out pairs, "
+                                         "output_dir, seed, threads, resume)")
+    bon: PipelineBonConfig = section(PipelineBonConfig, "the best-of-n stage: the SFT policy's samples picked by "
+                                                        "the reward model, against gold")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "the evaluation stage")
 
 
@@ -227,7 +256,15 @@ def run_prefs(ctx: Context, s: PrefsSettings) -> dict:
     path = ctx.out / "prefs" / "prefs.jsonl"
     write_jsonl(records, path)
     print(format_report(report))
-    return {"data": str(path), "pairs": len(records), "report": report}
+    print(f"pipeline: prefs: the same for {c.test_prompts} held-out test prompts (the reward model's evaluation)")
+    held, test_report = make_preferences(model, tok, c.test_prompts, c.k, c.annotator, seed=s.seed, mode="all",
+                                         temperature=c.temperature, max_new_tokens=c.max_new_tokens,
+                                         batch_size=c.batch_size, progress="prefs test", split="test")
+    test_path = ctx.out / "prefs" / "test.jsonl"
+    write_jsonl(held, test_path)
+    print(format_report(test_report))
+    return {"data": str(path), "pairs": len(records), "report": report, "test_data": str(test_path),
+            "test_pairs": len(held), "test_report": test_report}
 
 
 def _dpo_settings(ctx: Context) -> DPOConfig:
@@ -244,6 +281,57 @@ def run_dpo(ctx: Context, s: DPOConfig) -> dict:
     dpo.main(s)
     done = json.loads((Path(s.output_dir) / "result.json").read_text())
     return {"model": str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+
+
+def _rm_settings(ctx: Context) -> RMConfig:
+    c, prefs = ctx.cfg.rm, ctx.results["prefs"]
+    data = dataclasses.replace(c.data, path=prefs["data"], eval_path=prefs["test_data"] if prefs["test_pairs"] else "")
+    return dataclasses.replace(c, model=dataclasses.replace(c.model, path=ctx.results["sft"]["model"]), data=data,
+                               output_dir=str(ctx.out / "rm"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
+
+
+def run_rm(ctx: Context, s: RMConfig) -> dict:
+    from posttrain.recipes import rm
+
+    print(f"pipeline: rm from the SFT model on {s.data.path}, evaluated on {s.data.eval_path or 'nothing'}")
+    rm.main(s)
+    done = json.loads((Path(s.output_dir) / "result.json").read_text())
+    return {"reward_model": str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+
+
+@dataclass
+class BonSettings:
+    policy: str = doc("", "the policy sampled")
+    reward_model: str = doc("", "the reward model that picks")
+    seed: int = doc(0, "seed")
+    config: PipelineBonConfig = section(PipelineBonConfig, "the bon settings")
+
+
+def _bon_settings(ctx: Context) -> BonSettings:
+    return BonSettings(ctx.results["sft"]["model"], ctx.results["rm"]["reward_model"], ctx.cfg.seed, ctx.cfg.bon)
+
+
+def run_bon(ctx: Context, s: BonSettings) -> dict:
+    """Best-of-n of the SFT policy on held-out prompts, picked by the reward model and by gold."""
+    from posttrain.eval.bon import best_of_n, check_ns, format_table, plot
+    from posttrain.models.load import load_model, load_tokenizer
+    from posttrain.recipes.rm import load_scorer
+    from posttrain.world.world import sample_tasks
+
+    c = s.config
+    ns = check_ns(c.n, "bon.n")
+    tok, model = load_tokenizer(s.policy), load_model(s.policy)
+    scorer, scorer_tok, pad = load_scorer(s.reward_model)
+    tasks = sample_tasks(c.n_prompts, "test", s.seed, distinct=True)
+    print(f"pipeline: bon: {ns[-1]} samples for each of {len(tasks)} held-out prompts, picked by the reward model")
+    result = best_of_n(model, tok, scorer, scorer_tok, pad, tasks, ns, temperature=c.temperature,
+                       max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, seed=s.seed, progress="bon")
+    out = ctx.out / "bon"
+    atomic_write_json(out / "bon.json", result)
+    plot(result, out / "bon.png")
+    print(format_table(result))
+    return {"data": str(out / "bon.json"), "plot": str(out / "bon.png"),
+            "rows": [{k: v for k, v in r.items() if k != "families"} for r in result["rows"]]}
 
 
 def _eval_settings(ctx: Context) -> PipelineEvalConfig:
@@ -290,12 +378,14 @@ def _preferences(cfg: PipelineConfig) -> bool:
 
 
 def _check_prefs(cfg: PipelineConfig) -> None:
+    from posttrain.eval.bon import check_ns
     from posttrain.world.annotators import get_annotator
 
     try:
         get_annotator(cfg.prefs.annotator)
     except UserError as e:
         raise UserError(f"config key 'prefs.annotator': {e}") from None
+    check_ns(cfg.bon.n, "config key 'bon.n'")
 
 
 STAGES: list[Stage] = [
@@ -311,6 +401,11 @@ STAGES: list[Stage] = [
     Stage("prefs", "`posttrain prefs generate`: the SFT model's responses to train prompts, scored by gold and "
                    "labelled by a simulated annotator", _prefs_settings, run_prefs, needs=("sft",),
           enabled=_preferences, check=_check_prefs),
+    Stage("rm", "`posttrain rm`: a Bradley-Terry reward model from the SFT model on those pairs, evaluated on "
+                "held-out test-split pairs against the labels and against gold", _rm_settings, run_rm,
+          needs=("sft", "prefs"), enabled=_preferences, curves=("train/loss", "accuracy")),
+    Stage("bon", "`posttrain bon`: best-of-n of the SFT model picked by the reward model, against gold",
+          _bon_settings, run_bon, needs=("sft", "rm"), enabled=_preferences),
     Stage("dpo", "`posttrain dpo` from the SFT model on those pairs", _dpo_settings, run_dpo, needs=("sft", "prefs"),
           enabled=_preferences, model=True, curves=("train/loss", "rewards/margins", "rewards/accuracies"),
           compare_to="sft"),
@@ -387,6 +482,67 @@ def section_family_changes(ctx: Context):
                    "the error bar is the paired bootstrap 95% interval.")
 
 
+def section_preferences(ctx: Context):
+    """The preference data: how many pairs, and how often each simulated annotator (and the panel) agrees with
+    gold on them, for the training pairs and the held-out ones."""
+    from posttrain.report.html import Section, simple_table
+
+    r = ctx.results.get("prefs")
+    if not r:
+        return None
+    reports = {"train pairs": r["report"], "held-out pairs": r.get("test_report")}
+    reports = {k: v for k, v in reports.items() if v and v.get("panel")}
+    if not reports:
+        return None
+    names = list(next(iter(reports.values()))["panel"]["with_gold"])
+    top = [n for n in names if "/" not in n]
+    rows = [["prompts", *[str(v["prompts"]) for v in reports.values()]],
+            ["pairs (gold differs)", *[str(v["pairs"]) for v in reports.values()]],
+            ["mean gold of a response", *[v["mean_gold"] for v in reports.values()]],
+            [f"labels ({r['report']['annotator']}) agree with gold", *[v["agreement"] for v in reports.values()]]]
+    rows += [[f"annotator {n} agrees with gold", *[v["panel"]["with_gold"][n] for v in reports.values()]] for n in top]
+    for name in next(iter(reports.values()))["panel"]["panels"]:
+        rows.append([f"{name} members with each other",
+                     *[v["panel"]["panels"][name]["mean_pairwise"] for v in reports.values()]])
+    note = (f"{r['report']['k']} responses per prompt from the SFT model; pairs of a prompt's responses whose gold "
+            "differs, labelled by the simulated annotators (posttrain prefs generate --help describes them).")
+    return Section("Preference data", simple_table(["", *reports], rows), note)
+
+
+def section_reward_model(ctx: Context):
+    from posttrain.report.html import Section, simple_table
+
+    r = ctx.results.get("rm")
+    if not r:
+        return None
+    m = r["metrics"]
+    rows = [["held-out pairs whose gold differs", str(int(m["eval/gold_pairs"])) if "eval/gold_pairs" in m else None],
+            ["accuracy against the labels", m.get("eval/accuracy")],
+            ["accuracy against gold (pairs whose gold differs)", m.get("eval/gold_accuracy")],
+            ["the labels' own agreement with gold, same pairs", m.get("eval/label_gold_accuracy")],
+            ["final train loss", m.get("train/loss")]]
+    note = ("The reward model's ordering of held-out pairs (test-split prompts, SFT responses) against the "
+            "annotator's labels and against the gold ordering; the labels' agreement with gold is what a model "
+            "that learned the annotator exactly would reach against gold, if its noise were all it learned.")
+    return Section("Reward model", simple_table(["", "rm"], [x for x in rows if x[1] is not None]), note)
+
+
+def section_bon(ctx: Context):
+    from posttrain.report.html import Section, png_html, simple_table
+
+    r = ctx.results.get("bon")
+    if not r:
+        return None
+    rows = [[f"n = {x['n']}", x["kl"], x["gold_rm"], x["gold_oracle"], x["rm_reward"],
+             f"{x['gain']:+.3f} [{x['gain_lo']:+.3f}, {x['gain_hi']:+.3f}]"] for x in r["rows"]]
+    table = simple_table(["", "KL bound", "gold (RM picks)", "gold (gold picks)", "RM reward", "gain over n = 1"],
+                         rows)
+    note = ("Best-of-n of the SFT model on held-out prompts: n samples, the one the reward model scores highest "
+            "(and, for the ceiling, the one gold scores highest); KL bound log n - (n-1)/n. Gold falling while the "
+            "RM reward rises is over-optimisation of the proxy.")
+    return Section("Best-of-n", table + png_html(Path(r["plot"]).read_bytes(), "best-of-n"), note)
+
+
 def section_probes(ctx: Context):
     from posttrain.report.html import Section, probes_table
 
@@ -430,7 +586,8 @@ def section_curves(ctx: Context):
     return Section("Training curves", curves_html(curves)) if curves else None
 
 
-SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_family_changes, section_probes,
+SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_family_changes,
+                                            section_preferences, section_reward_model, section_bon, section_probes,
                                             section_example, section_curves]
 
 
@@ -459,7 +616,7 @@ def _selected(cfg: PipelineConfig) -> list[Stage]:
             raise UserError(f"stages: unknown stage '{name}'{did_you_mean(name, names)}; stages: {', '.join(names)}")
         if name not in {s.name for s in enabled}:
             raise UserError(f"stages: '{name}' is not enabled by these settings (sft_noisy and data_noisy need "
-                            "compare_noisy=true; prefs and dpo need preferences=true)")
+                            "compare_noisy=true; prefs, rm, bon and dpo need preferences=true)")
     return [s for s in enabled if s.name in cfg.stages]
 
 

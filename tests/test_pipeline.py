@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from posttrain import pipeline
 from posttrain.config import load_config
@@ -170,12 +171,13 @@ def test_pipeline_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, 
 
 
 def fake_generate(monkeypatch) -> None:
-    """Responses that give preference pairs on a random tiny model: sample 0 of a train prompt is its
-    reference, every other sample (and every evaluation answer) is "ok"."""
+    """Responses that give preference pairs on a random tiny model: sample 0 of a prompt is its reference,
+    every other sample is "ok"."""
     import posttrain.rollout.generate as gen
     from posttrain.world import sample_tasks
 
-    refs = {tuple((m.role, m.content) for m in t.messages): t.reference for t in sample_tasks(40, "train", 0, distinct=True)}
+    refs = {tuple((m.role, m.content) for m in t.messages): t.reference
+            for split in ("train", "test") for t in sample_tasks(40, split, 0, distinct=True)}
 
     def fake(model, tokenizer, prompts, n=1, **kw):
         out = []
@@ -195,8 +197,9 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     fake_generate(monkeypatch)
     out = tmp_path / "p"
     summary = pipeline.main(small(model_dir, out, "preferences=true", "prefs.n_prompts=8", "prefs.k=2",
-                                  "prefs.annotator=gold", "dpo.max_steps=2", "dpo.batch_size=4",
-                                  "dpo.micro_batch_size=2"))
+                                  "prefs.annotator=gold", "prefs.test_prompts=8", "rm.max_steps=2", "rm.batch_size=4",
+                                  "rm.micro_batch_size=2", "bon.n=[1,2]", "bon.n_prompts=4", "bon.max_new_tokens=4",
+                                  "dpo.max_steps=2", "dpo.batch_size=4", "dpo.micro_batch_size=2"))
     assert set(summary["stages"]) == {"base", "sft", "dpo"} and summary["steps"]["dpo"] == 2
     assert "dpo - sft" in summary["differences"] and "dpo - base" in summary["differences"]
     rows = [json.loads(x) for x in (out / "prefs" / "prefs.jsonl").read_text().splitlines()]
@@ -208,6 +211,15 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     html = (out / "report.html").read_text()
     assert "<th>dpo</th>" in html and "<th>dpo - sft</th>" in html
     assert "<h2>What each stage changed, per family</h2>" in html
+    # rm trained on the train pairs and evaluated on the held-out test-split pairs; bon read its rewards.
+    test_rows = [json.loads(x) for x in (out / "prefs" / "test.jsonl").read_text().splitlines()]
+    assert test_rows and not {r["prompt"][-1]["content"] for r in test_rows} & {r["prompt"][-1]["content"] for r in rows}
+    rm_cfg = yaml.safe_load((out / "rm" / "config.yaml").read_text())
+    assert rm_cfg["data"]["eval_path"] == str(out / "prefs" / "test.jsonl") and rm_cfg["max_steps"] == 2
+    bon = json.loads((out / "bon" / "bon.json").read_text())
+    assert [r["n"] for r in bon["rows"]] == [1, 2] and bon["prompts"] == 4
+    for title in ("Preference data", "Reward model", "Best-of-n"):
+        assert f"<h2>{title}</h2>" in html, title
 
 
 def test_an_unknown_annotator_is_refused_before_any_work(model_dir, tmp_path):

@@ -127,6 +127,24 @@ def differences_table(diffs: dict[str, dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
+def simple_table(head: list[str], rows: list[list[object]], digits: int = 3) -> str:
+    """A plain table: `head` as the header, each row's first cell as a row label, numbers to `digits` places
+    (None as a dash)."""
+    cells = "".join(f"<th>{_e(h)}</th>" for h in head)
+    body = []
+    for row in rows:
+        label, *rest = row
+        tds = "".join(f'<td class="num">{_num(v, digits)}</td>' if not isinstance(v, str) else f"<td>{_e(v)}</td>"
+                      for v in rest)
+        body.append(f"<tr><th>{_e(label)}</th>{tds}</tr>")
+    return f"<table><tr>{cells}</tr>{''.join(body)}</table>"
+
+
+def png_html(png: bytes, alt: str) -> str:
+    """PNG bytes as an inline image."""
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
 def probes_table(probes: list[dict]) -> str:
     """`probes`: [{"prompt": str, "outputs": {model name: response}}]; columns in the order the names first appear."""
     names = _ordered_union([list(p.get("outputs", {})) for p in probes])
@@ -226,8 +244,7 @@ def plot_family_changes(diffs: dict[str, dict]) -> bytes:
 
 def family_changes_html(diffs: dict[str, dict]) -> str:
     """The per-family chart of `plot_family_changes` as an inline image."""
-    png = base64.b64encode(plot_family_changes(diffs)).decode("ascii")
-    return f'<img alt="per-family gold differences" src="data:image/png;base64,{png}">'
+    return png_html(plot_family_changes(diffs), "per-family gold differences")
 
 
 def curves_html(curves: dict[str, list[tuple[int, float]]]) -> str:
