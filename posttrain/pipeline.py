@@ -80,7 +80,9 @@ class PipelinePrefsConfig:
                                  "lists them: gold, fair, length, position, panel)")
     mode: Literal["all", "best_vs_worst"] = doc("all", "every pair of a prompt's responses, or its best against its "
                                                        "worst")
-    temperature: float = doc(1.0, "sampling temperature", gt=0)
+    temperature: float = doc(0.7, "sampling temperature (0.7: on train prompts, more prompts whose responses differ "
+                                  "in gold than 0.3, and better responses than 1.0; docs/experiments/dpo-second-try.md)",
+                             gt=0)
     max_new_tokens: int = doc(128, "generation budget per response", ge=1)
     batch_size: int = doc(32, "responses per generation batch (sampling is seeded per batch, so it changes which "
                               "responses are drawn)", ge=1)
