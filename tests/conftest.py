@@ -53,6 +53,17 @@ def preference_rows(n: int = 24, scores: bool = False) -> list[dict]:
     return out
 
 
+def cli_fails(capsys, argv: list[str]) -> str:
+    """Run `posttrain ARGV`; it must exit 2 with exactly one stderr line `error: ...`, which is returned."""
+    from posttrain.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
 def read_metrics(out: Path) -> list[dict]:
     """A run folder's metrics.jsonl, one dict per logged line."""
     return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -8,16 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-from posttrain.cli import main as cli_main
-
-
-def _fails(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
+from conftest import cli_fails
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -28,20 +19,20 @@ def _fails(capsys, argv: list[str]) -> str:
     (["--batch-size", "0"], "--batch-size: must be >= 1, got 0"),
 ])
 def test_generate_numbers_are_checked_before_the_model_is_loaded(tmp_path, capsys, flags, message):
-    err = _fails(capsys, ["generate", "--model", str(tmp_path / "missing"), "--prompt", "hi", *flags])
+    err = cli_fails(capsys, ["generate", "--model", str(tmp_path / "missing"), "--prompt", "hi", *flags])
     assert err == f"error: {message}"  # not "no such folder": nothing was loaded
 
 
 def test_outputs_that_cannot_be_written_fail_before_the_work(tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    err = _fails(capsys, ["world", "sft-data", "--kind", "curated", "--n", "5", "--out", str(blocker / "sft.jsonl")])
+    err = cli_fails(capsys, ["world", "sft-data", "--kind", "curated", "--n", "5", "--out", str(blocker / "sft.jsonl")])
     assert "--out: cannot write" in err
-    err = _fails(capsys, ["world", "corpus", "--n", "5", "--out", str(blocker / "c.jsonl")])
+    err = cli_fails(capsys, ["world", "corpus", "--n", "5", "--out", str(blocker / "c.jsonl")])
     assert "--out: cannot write" in err
-    err = _fails(capsys, ["merge", "--adapter", str(tmp_path / "none"), "--out", str(blocker / "m")])
+    err = cli_fails(capsys, ["merge", "--adapter", str(tmp_path / "none"), "--out", str(blocker / "m")])
     assert "--out: cannot write" in err
-    err = _fails(capsys, ["sft", "model=x", "data=y.jsonl", f"output_dir={blocker / 'run'}"])
+    err = cli_fails(capsys, ["sft", "model=x", "data=y.jsonl", f"output_dir={blocker / 'run'}"])
     assert "output_dir: cannot write" in err
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import preference_rows, read_metrics, train_losses, write_jsonl
+from conftest import cli_fails, preference_rows, read_metrics, train_losses, write_jsonl
 from safetensors.torch import load_file
 
 from posttrain.cli import main as cli_main
@@ -124,28 +124,20 @@ def test_resume_continues_exactly(model_dir, kto_file, tmp_path, interrupt_at):
     assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
 
 
-def _fails(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 def test_bad_input(model_dir, tok, tmp_path, capsys):
     base = ["kto", f"model={model_dir}", f"output_dir={tmp_path / 'e'}"]
     pairs = write_jsonl(tmp_path / "pairs.jsonl", preference_rows(4))
-    assert "is preference data; kto needs unpaired rows" in _fails(capsys, [*base, f"data={pairs}"])
-    assert "use posttrain dpo" in _fails(capsys, [*base, f"data={pairs}"])
+    assert "is preference data; kto needs unpaired rows" in cli_fails(capsys, [*base, f"data={pairs}"])
+    assert "use posttrain dpo" in cli_fails(capsys, [*base, f"data={pairs}"])
     good_file = write_jsonl(tmp_path / "all.jsonl", unpaired_rows(4))
-    msg = _fails(capsys, [*base, f"data={good_file}", f"data.eval_path={pairs}"])
+    msg = cli_fails(capsys, [*base, f"data={good_file}", f"data.eval_path={pairs}"])
     assert msg.startswith("error: data.eval_path: ") and "is preference data" in msg, msg
     good = [r for r in unpaired_rows(4) if r["label"]]
     only_good = write_jsonl(tmp_path / "good.jsonl", good + [{"prompt": "hi", "completion": " ", "label": False}])
-    err = _fails(capsys, [*base, f"data={only_good}"])
+    err = cli_fails(capsys, [*base, f"data={only_good}"])
     assert f"'{only_good}' has no undesirable rows (label false) (1 empty assistant turn dropped)" in err, err
     assert "undesirable_weight=0" in err
-    assert "both 0" in _fails(capsys, [*base, f"data={only_good}", "desirable_weight=0", "undesirable_weight=0"])
+    assert "both 0" in cli_fails(capsys, [*base, f"data={only_good}", "desirable_weight=0", "undesirable_weight=0"])
     # With its weight at 0 the missing side is fine; the empty row is dropped and counted.
     cfg = load_config(KTOConfig, None, [f"model={model_dir}", f"data={only_good}", "undesirable_weight=0"])
     data, held, dropped = kto.build_data(cfg, tok)

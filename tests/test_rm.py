@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import preference_rows, read_metrics, train_losses, write_jsonl
+from conftest import cli_fails, preference_rows, read_metrics, train_losses, write_jsonl
 from safetensors.torch import load_file
 
-from posttrain.cli import main as cli_main
 from posttrain.cli import run as cli_run
 from posttrain.config import load_config
 from posttrain.data.render import Renderer
@@ -327,17 +326,9 @@ def test_rm_score_on_both_formats(model_dir, pref_file, tmp_path, capsys):
     assert table[1].split()[1] == f"{one['score']:.4f}" and "(score: empty assistant turn)" in table[2]
 
 
-def _fails(capsys, argv: list[str]) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli_main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
-    return err[0]
-
-
 def test_bad_input(model_dir, pref_file, chat_file, tmp_path, capsys):
     """Chat data, an empty file, a margin without scores, a pair that renders to nothing: one line, exit 2."""
-    err = _fails(capsys, ["rm", f"model={model_dir}", f"data={chat_file}", f"output_dir={tmp_path / 'e'}"])
+    err = cli_fails(capsys, ["rm", f"model={model_dir}", f"data={chat_file}", f"output_dir={tmp_path / 'e'}"])
     assert "is messages data; a reward model trains on preference pairs" in err
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -362,15 +353,15 @@ def test_rm_score_checks_before_the_model_loads(model_dir, pref_file, tmp_path, 
     """Numbers, the output path, the model folder and the data are checked first; a causal LM is not a reward
     model."""
     base = ["rm", "score", "--model", str(model_dir), "--data", str(pref_file)]
-    assert "--batch-size: must be >= 1, got 0" in _fails(capsys, [*base, "--batch-size", "0"])
-    assert "--max-seq-len: must be >= 2, got 1" in _fails(capsys, [*base, "--max-seq-len", "1"])
+    assert "--batch-size: must be >= 1, got 0" in cli_fails(capsys, [*base, "--batch-size", "0"])
+    assert "--max-seq-len: must be >= 2, got 1" in cli_fails(capsys, [*base, "--max-seq-len", "1"])
     (tmp_path / "dir").mkdir()
-    assert "--out: " in _fails(capsys, [*base, "--out", str(tmp_path / "dir")])
-    assert "no config.json" in _fails(capsys, ["rm", "score", "--model", str(tmp_path), "--data", str(pref_file)])
+    assert "--out: " in cli_fails(capsys, [*base, "--out", str(tmp_path / "dir")])
+    assert "no config.json" in cli_fails(capsys, ["rm", "score", "--model", str(tmp_path), "--data", str(pref_file)])
     text = write_jsonl(tmp_path / "t.jsonl", [{"text": "plain words"}])
-    assert "is text data; rm score reads" in _fails(capsys, ["rm", "score", "--model", str(model_dir), "--data",
+    assert "is text data; rm score reads" in cli_fails(capsys, ["rm", "score", "--model", str(model_dir), "--data",
                                                              str(text)])
-    assert "is not a reward model (config.json: LlamaForCausalLM, 2 labels)" in _fails(capsys, base)
+    assert "is not a reward model (config.json: LlamaForCausalLM, 2 labels)" in cli_fails(capsys, base)
 
 
 def test_a_model_that_emits_nan(model_dir, tok, pref_file, tmp_path):
