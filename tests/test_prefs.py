@@ -251,7 +251,8 @@ def test_tiny_model_end_to_end(model_dir, tmp_path, capsys):
 
 def test_data_check_shows_chosen_and_rejected(model_dir, tok, tmp_path, capsys):
     """`data check` on a preference file renders both sides of a pair, prompt + chosen and prompt + rejected,
-    each response trained; an identical pair and an empty side are counted as dropped sequences."""
+    each response trained; an identical pair and an empty side are counted as dropped sequences, and as the
+    pairs the preference recipes leave out."""
     rows = [{"prompt": "What is 2 + 3?", "chosen": "2 + 3 = 5.", "rejected": "It is 6.", "world": {"gold_chosen": 1}},
             {"prompt": "hi", "chosen": "same", "rejected": "same"},
             {"prompt": "hi", "chosen": "hello", "rejected": ""}]
@@ -264,6 +265,9 @@ def test_data_check_shows_chosen_and_rejected(model_dir, tok, tmp_path, capsys):
     assert "(format: preference)" in printed
     assert "examples    3 (6 sequences: each pair's chosen and rejected)  kept 3  dropped 3" in printed
     assert "2 identical chosen and rejected" in printed and "1 empty assistant turn" in printed
+    # ...and as pairs, the way dpo and rm count them: the pair with an empty side goes whole
+    assert ("pairs       1 trained on (dpo, rm), 2 left out (a pair goes when either side does)\n"
+            "              1 identical chosen and rejected\n              1 rejected: empty assistant turn") in printed
     prefix = Renderer(tok).response_prefix()
     assert f"{path}:1 (chosen)" in printed and f"{path}:1 (rejected)" in printed
     assert f"[[{prefix}2 + 3 = 5." in printed and f"[[{prefix}It is 6." in printed

@@ -16,7 +16,7 @@ import sys
 from transformers import PreTrainedTokenizerBase
 
 from posttrain.data.formats import Example
-from posttrain.data.render import IGNORE, Renderer, render_all
+from posttrain.data.render import IGNORE, Renderer, render_all, render_pairs
 from posttrain.data.types import Conversation, Preference, Unpaired
 from posttrain.errors import UserError
 
@@ -99,7 +99,18 @@ def check(path: str, fmt: str, examples: list[Example], tokenizer: PreTrainedTok
         "trained_fraction": round(stats.trained_tokens / max(1, stats.total_tokens), 4),
         "length": {f"p{q}": percentile(lengths, q) for q in (50, 90, 99)} | {"max": max(lengths, default=0)},
         "rendered": _first_rendered(convs, renderer, min(show, stats.kept)),
+        **_pair_counts(examples, renderer),
     }
+
+
+def _pair_counts(examples: list, renderer: Renderer) -> dict:
+    """For preference data: how many pairs the preference recipes train on, and why the others are left out
+    (`render.render_pairs`, the rule they use: a pair goes when either side does)."""
+    prefs = [ex for ex in examples if isinstance(ex, Preference)]
+    if not prefs:
+        return {}
+    pairs, dropped = render_pairs(prefs, renderer)
+    return {"pairs_kept": len(pairs), "pairs_dropped": sum(dropped.values()), "pairs_dropped_reasons": dict(dropped)}
 
 
 def _first_rendered(convs: list[Conversation], renderer: Renderer, n: int) -> list[dict]:
@@ -137,6 +148,10 @@ def _print_report(report: dict, tok: PreTrainedTokenizerBase) -> None:
         if report["sequences"] != report["examples"] else ""
     print(f"examples    {report['examples']}{seqs}  kept {report['kept']}  dropped {report['dropped']}"
           + "".join(f"\n              {n} {why}" for why, n in report["dropped_reasons"].items()))
+    if "pairs_kept" in report:
+        print(f"pairs       {report['pairs_kept']} trained on (dpo, rm), {report['pairs_dropped']} left out (a pair goes "
+              "when either side does)" + "".join(f"\n              {n} {why}"
+                                                for why, n in report["pairs_dropped_reasons"].items()))
     print(f"truncated   {report['truncated']} (longer than {max_seq_len} tokens; kept with their first tokens)")
     L = report["length"]
     print(f"tokens      p50 {L['p50']}  p90 {L['p90']}  p99 {L['p99']}  max {L['max']}")

@@ -35,7 +35,7 @@ from transformers import PreTrainedTokenizerBase
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from posttrain.data.loading import short_reason
-from posttrain.data.types import Conversation, Message
+from posttrain.data.types import Conversation, Message, Preference
 from posttrain.errors import UserError
 
 IGNORE = -100
@@ -226,3 +226,21 @@ def render_all(examples: list[Conversation], renderer: Renderer) -> tuple[list[R
         stats.total_tokens += len(r.input_ids)
     stats.kept = len(rows)
     return rows, stats
+
+
+def render_pairs(examples: list[Preference], renderer: Renderer) -> tuple[list[tuple[Rendered, Rendered]], Counter]:
+    """(prompt + chosen, prompt + rejected) rendered, for every pair the preference recipes train on; a pair
+    whose sides are identical, or one of whose sides the renderer drops, is left out and counted by reason
+    (the rule `posttrain dpo`, `posttrain rm` and `posttrain data check` share)."""
+    pairs, dropped = [], Counter()
+    for ex in examples:
+        if ex.chosen == ex.rejected:
+            dropped["identical chosen and rejected"] += 1
+            continue
+        c = renderer.render(Conversation(ex.prompt + ex.chosen, ex.where))
+        r = renderer.render(Conversation(ex.prompt + ex.rejected, ex.where))
+        if isinstance(c, str) or isinstance(r, str):
+            dropped[f"chosen: {c}" if isinstance(c, str) else f"rejected: {r}"] += 1
+            continue
+        pairs.append((c, r))
+    return pairs, dropped

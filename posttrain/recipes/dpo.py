@@ -33,8 +33,8 @@ import torch
 
 from posttrain.config import doc, section
 from posttrain.data.collate import pack_lengths, packed_batch
-from posttrain.data.render import Rendered, Renderer
-from posttrain.data.types import Conversation, Preference
+from posttrain.data.render import Rendered, Renderer, render_pairs
+from posttrain.data.types import Preference
 from posttrain.errors import UserError
 from posttrain.io import atomic_dir
 from posttrain.losses.preference import LOSSES, example_mean, needs_reference, preference_loss
@@ -100,22 +100,6 @@ def loss_kwargs(cfg: DPOConfig) -> dict:
         case "orpo":
             return {"lam": cfg.orpo_lambda}
     raise UserError(f"unknown loss '{cfg.loss}'; choose one of {', '.join(LOSSES)}")
-
-
-def render_pairs(examples: list[Preference], renderer: Renderer) -> tuple[list[Pair], Counter]:
-    """(prompt + chosen, prompt + rejected) rendered; dropped pairs counted by reason."""
-    pairs, dropped = [], Counter()
-    for ex in examples:
-        if ex.chosen == ex.rejected:
-            dropped["identical chosen and rejected"] += 1
-            continue
-        c = renderer.render(Conversation(ex.prompt + ex.chosen, ex.where))
-        r = renderer.render(Conversation(ex.prompt + ex.rejected, ex.where))
-        if isinstance(c, str) or isinstance(r, str):
-            dropped[f"chosen: {c}" if isinstance(c, str) else f"rejected: {r}"] += 1
-            continue
-        pairs.append((c, r))
-    return pairs, dropped
 
 
 def build_data(cfg: DPOConfig, tok) -> tuple[list[Pair], list[Pair], Counter]:
