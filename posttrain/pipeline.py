@@ -96,7 +96,8 @@ class PipelineBonConfig:
     n: list[int] = doc([1, 2, 4, 8, 16], "the n of best-of-n (all read from one set of max(n) samples per prompt)")
     n_prompts: int = doc(140, "held-out test prompts (balanced over the families, as the evaluation draws them)",
                          ge=1)
-    temperature: float = doc(1.0, "sampling temperature of the policy", gt=0)
+    temperature: float = doc(0.7, "sampling temperature of the policy (as the prefs stage samples the pairs the "
+                                  "reward model learns from)", gt=0)
     max_new_tokens: int = doc(128, "generation budget per response", ge=1)
     batch_size: int = doc(32, "responses per generation batch", ge=1, changes_result=False)
 
@@ -501,8 +502,9 @@ def section_preferences(ctx: Context):
     rows = [["prompts", *[str(v["prompts"]) for v in reports.values()]],
             ["pairs (gold differs)", *[str(v["pairs"]) for v in reports.values()]],
             ["mean gold of a response", *[v["mean_gold"] for v in reports.values()]],
-            [f"labels ({r['report']['annotator']}) agree with gold", *[v["agreement"] for v in reports.values()]]]
-    rows += [[f"annotator {n} agrees with gold", *[v["panel"]["with_gold"][n] for v in reports.values()]] for n in top]
+            [f"the written labels ({r['report']['annotator']}) agree with gold", *[v["agreement"] for v in reports.values()]]]
+    rows += [[f"annotator {n} agrees with gold (a fresh draw)", *[v["panel"]["with_gold"][n] for v in reports.values()]]
+             for n in top]
     for name in next(iter(reports.values()))["panel"]["panels"]:
         rows.append([f"{name} members with each other",
                      *[v["panel"]["panels"][name]["mean_pairwise"] for v in reports.values()]])
