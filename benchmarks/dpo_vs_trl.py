@@ -57,7 +57,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_vs_trl import CHAT_TEMPLATE, SPECIALS, _hwm_mb, make_examples  # noqa: E402  (the SFT benchmark's chats)
+from sft_vs_trl import _hwm_mb, make_examples, tokenizer_and_model  # noqa: E402  (the SFT benchmark's chats, tokenizer, model)
 
 TRL_MODES = ("padding", "grouped", "padding_free", "padding_compile", "grouped_compile")
 OURS_MODES = ("default", "compile")
@@ -116,31 +116,13 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
 
 def setup(args: argparse.Namespace, work: str) -> Setup:
     """Write data (JSONL), tokenizer and random-init model to `work`; return the shared Setup."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
     s = Setup(work, f"{work}/model", f"{work}/tokenizer", f"{work}/pairs.jsonl", batch_size=args.batch_size,
               seq_len=args.seq_len, steps=args.steps, n_pairs=args.pairs)
     rows = make_pairs(s.n_pairs, s.seed)
     Path(s.data_file).write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator((m["content"] for r in rows for k in ("prompt", "chosen", "rejected") for m in r[k]),
-                            trainers.BpeTrainer(vocab_size=4096, special_tokens=SPECIALS, show_progress=False,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|eos|>")
-    tok.chat_template = CHAT_TEMPLATE
-    tok.save_pretrained(s.tokenizer_dir)
-
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
-                      tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
-    torch.manual_seed(s.seed)
-    model = LlamaForCausalLM(cfg)
-    model.save_pretrained(s.model_dir)
+    tok, model = tokenizer_and_model((m["content"] for r in rows for k in ("prompt", "chosen", "rejected")
+                                      for m in r[k]), s.seed, s.tokenizer_dir, s.model_dir)
     tok.save_pretrained(s.model_dir)  # posttrain loads the tokenizer from the model folder
 
     lens = [len(tok.apply_chat_template(r["prompt"] + r[k], tokenize=True, return_dict=True)["input_ids"])

@@ -107,33 +107,40 @@ def make_examples(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def setup(args: argparse.Namespace, work: str) -> Setup:
-    """Write data (JSONL), tokenizer and random-init model to `work`; return the shared Setup."""
+def tokenizer_and_model(texts, seed: int, tokenizer_dir: str, model_dir: str):
+    """The benchmarks' byte-level BPE tokenizer (4,096 tokens, trained on `texts`, saved to `tokenizer_dir`) and
+    a random-init Llama of 5.26M parameters seeded with `seed` (saved to `model_dir`). Returns both."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    s = Setup(work, f"{work}/model", f"{work}/tokenizer", f"{work}/data.jsonl", batch_size=args.batch_size,
-              seq_len=args.seq_len, steps=args.steps)
-    rows = make_examples(s.n_examples, s.seed)
-    Path(s.data_file).write_text("".join(json.dumps(r) + "\n" for r in rows))
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator((m["content"] for r in rows for m in r["messages"]), trainers.BpeTrainer(
-        vocab_size=4096, special_tokens=SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=4096, special_tokens=SPECIALS, show_progress=False,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|eos|>")
     tok.chat_template = CHAT_TEMPLATE
-    tok.save_pretrained(s.tokenizer_dir)
+    tok.save_pretrained(tokenizer_dir)
 
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=256, intermediate_size=688, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=4096,
                       tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id)
-    torch.manual_seed(s.seed)
+    torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
-    model.save_pretrained(s.model_dir)
+    model.save_pretrained(model_dir)
+    return tok, model
+
+
+def setup(args: argparse.Namespace, work: str) -> Setup:
+    """Write data (JSONL), tokenizer and random-init model to `work`; return the shared Setup."""
+    s = Setup(work, f"{work}/model", f"{work}/tokenizer", f"{work}/data.jsonl", batch_size=args.batch_size,
+              seq_len=args.seq_len, steps=args.steps)
+    rows = make_examples(s.n_examples, s.seed)
+    Path(s.data_file).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    tok, model = tokenizer_and_model((m["content"] for r in rows for m in r["messages"]), s.seed,
+                                     s.tokenizer_dir, s.model_dir)
 
     lens = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in rows]
     s.longest = max(lens)
