@@ -84,8 +84,8 @@ class PipelinePrefsConfig:
                                   "in gold than 0.3, and better responses than 1.0; docs/experiments/dpo-second-try.md)",
                              gt=0)
     max_new_tokens: int = doc(128, "generation budget per response", ge=1)
-    batch_size: int = doc(32, "responses per generation batch (sampling is seeded per batch, so it changes which "
-                              "responses are drawn)", ge=1)
+    batch_size: int = doc(32, "responses decoded together (each response has its own random stream, so this "
+                              "does not change which are drawn)", ge=1, changes_result=False)
     test_prompts: int = doc(140, "held-out test prompts sampled the same way, labelled by the same annotator: the "
                                  "reward model's evaluation pairs (its accuracy against gold on test-split responses)",
                             ge=1)

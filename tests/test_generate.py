@@ -143,17 +143,26 @@ def test_the_templates_space_before_a_response_is_not_part_of_it(gen_tok):
 
 
 def _prompt_ids(model, tok, monkeypatch, prompts, **kw) -> list[list[int]]:
-    """The (unpadded) input ids `generate` hands to `model.generate`."""
-    seen = []
-    real = model.generate
+    """The (unpadded) input ids `generate` hands to the decode loop, and (engine="hf") to `model.generate`."""
+    import posttrain.rollout.generate as gen_module
 
-    def spy(**kwargs):
+    seen, seen_hf = [], []
+    real, real_hf = gen_module.decode, model.generate
+
+    def spy(model, prompts, *args, **kwargs):
+        seen.extend(list(p) for p in prompts)
+        return real(model, prompts, *args, **kwargs)
+
+    def spy_hf(**kwargs):
         for ids, mask in zip(kwargs["input_ids"].tolist(), kwargs["attention_mask"].tolist()):
-            seen.append([t for t, m in zip(ids, mask) if m])
-        return real(**kwargs)
+            seen_hf.append([t for t, m in zip(ids, mask) if m])
+        return real_hf(**kwargs)
 
-    monkeypatch.setattr(model, "generate", spy)
+    monkeypatch.setattr(gen_module, "decode", spy)
+    monkeypatch.setattr(model, "generate", spy_hf)
     generate(model, tok, prompts, max_new_tokens=2, **kw)
+    generate(model, tok, prompts, max_new_tokens=2, engine="hf", **kw)
+    assert seen == seen_hf
     return seen
 
 
@@ -272,6 +281,19 @@ def test_sampled_tokens_do_not_depend_on_returning_logprobs(gen_model, gen_tok):
     assert [r["token_ids"] for r in plain] == [r["token_ids"] for r in with_lp]
     assert core(plain) == core(with_lp)
     assert len({tuple(r["token_ids"]) for r in plain}) == 6  # really sampled: 6 different responses
+
+
+def test_samples_do_not_depend_on_the_batch_size_and_the_hf_engine_samples_too(gen_model, gen_tok):
+    kw = dict(max_new_tokens=8, temperature=1.0, n=3, seed=4)
+    runs = [generate(gen_model, gen_tok, PROMPTS, batch_size=b, **kw) for b in (1, 4, 9)]
+    assert runs[0] == runs[1] == runs[2]
+    # the n=1 sample of prompt i is the first of its n samples: its stream is (seed, i, 0) either way
+    assert [r["token_ids"] for r in generate(gen_model, gen_tok, PROMPTS, batch_size=4, **{**kw, "n": 1})] == \
+        [r["token_ids"] for r in runs[0][::3]]
+    hf = generate(gen_model, gen_tok, PROMPTS, batch_size=4, engine="hf", **kw)
+    assert len({tuple(r["token_ids"]) for r in hf}) == 9                # the reference engine samples as well
+    with pytest.raises(UserError, match="engine must be one of posttrain, hf"):
+        generate(gen_model, gen_tok, PROMPTS, engine="vllm")
 
 
 @pytest.mark.parametrize("kw, message", [

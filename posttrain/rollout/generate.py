@@ -16,6 +16,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from posttrain.data.render import Renderer
 from posttrain.data.types import Message
 from posttrain.errors import UserError
+from posttrain.rollout.decode import decode
+
+ENGINES = ("posttrain", "hf")
 
 
 def chat_prompt(user: str, system: str = "") -> list[Message]:
@@ -36,6 +39,7 @@ def generate(
     progress: str = "",
     n: int = 1,
     return_logprobs: bool = False,
+    engine: str = "posttrain",
 ) -> list[dict]:
     """Complete each prompt `n` times. A prompt is a message list (chat template applied) or, with `raw`, plain
     text. A non-empty `progress` shows a progress bar over the samples with that label.
@@ -48,7 +52,16 @@ def generate(
     `prompt_index`, `sample_index`; with `return_logprobs`, `logprobs`: one float per entry of `token_ids`, the
     token's log-probability under the model at temperature 1 before top-p (log_softmax of the raw logits),
     whatever `temperature` and `top_p` sampled it. The sampled tokens do not depend on `return_logprobs`.
+
+    `engine`: "posttrain" (`rollout/decode.py`: continuous batching of `batch_size` rows over a preallocated
+    cache, a prompt's n samples share one prefill; each sample drawn from its own random stream, seeded by
+    (`seed`, prompt index, sample index), so `batch_size` never changes what is sampled) or "hf"
+    (`transformers`' `model.generate` on batches of `batch_size`, seeded per batch: the reference the posttrain
+    engine is tested against, with the same greedy tokens and the same per-token distributions, not the same
+    random draws).
     """
+    if engine not in ENGINES:
+        raise UserError(f"generate: engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if n < 1:
         raise UserError(f"generate: n must be >= 1, got {n}")
     if max_new_tokens < 1:
@@ -80,17 +93,38 @@ def generate(
     bar = tqdm(total=len(rows), desc=progress, disable=not progress, dynamic_ncols=True)
     cuda = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):  # sampling leaves the caller's RNG state (CPU and GPU) as it was
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            results += _generate_chunk(model, tokenizer, [encoded[i] for i, _ in chunk], pad_id, stop_ids,
-                                       max_new_tokens, temperature, top_p, gen, device, return_logprobs)
-            bar.update(len(chunk))
+        if engine == "hf":
+            for start in range(0, len(rows), batch_size):
+                chunk = rows[start : start + batch_size]
+                results += _generate_chunk(model, tokenizer, [encoded[i] for i, _ in chunk], pad_id, stop_ids,
+                                           max_new_tokens, temperature, top_p, gen, device, return_logprobs)
+                bar.update(len(chunk))
+        else:
+            decoded = decode(model, [encoded[i] for i, _ in rows], pad_id, stop_ids, max_new_tokens,
+                             temperature=temperature, top_p=top_p, seeds=[row_seed(seed, i, s) for i, s in rows],
+                             logprobs=return_logprobs, batch_size=batch_size, on_done=bar.update)
+            results = [_result(tokenizer, d.tokens, d.stopped, d.logprobs) for d in decoded]
     bar.close()
     model.train(was_training)
     for r, (i, s) in zip(results, rows):
         r["text"] = r["text"].removeprefix(prefix)  # the template's text before every response is not the model's
         r.update(prompt_ids=list(encoded[i]), prompt_index=i, sample_index=s)
     return results
+
+
+def _result(tokenizer, token_ids: list[int], stopped: bool, logprobs: list[float] | None) -> dict:
+    resp = token_ids[:-1] if stopped else token_ids
+    r = {"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp, "stopped": stopped,
+         "token_ids": token_ids}
+    if logprobs is not None:
+        r["logprobs"] = logprobs
+    return r
+
+
+def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """The seed of one sample's random stream (posttrain engine): a function of the call's seed, the prompt's
+    position and the sample's number only."""
+    return ((seed * 1_000_003 + prompt_index) * 65_537 + sample_index) % 2**63
 
 
 def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_ids: list[int], max_new_tokens: int,
@@ -121,13 +155,8 @@ def _generate_chunk(model, tokenizer, chunk: list[list[int]], pad_id: int, stop_
     results = []
     for b, row in enumerate(new.tolist()):
         cut = next((j for j, t in enumerate(row) if t in stop_ids), None)
-        resp = row if cut is None else row[:cut]
         token_ids = row if cut is None else row[: cut + 1]
-        r = {"text": tokenizer.decode(resp, skip_special_tokens=True), "ids": resp, "stopped": cut is not None,
-             "token_ids": token_ids}
-        if logprobs:
-            r["logprobs"] = token_lp[b][: len(token_ids)]
-        results.append(r)
+        results.append(_result(tokenizer, token_ids, cut is not None, token_lp[b][: len(token_ids)] if logprobs else None))
     return results
 
 
