@@ -39,6 +39,7 @@ RECIPES = {
     "dpo": ("posttrain.recipes.dpo", "DPOConfig"),
     "rm": ("posttrain.recipes.rm", "RMConfig"),
     "kto": ("posttrain.recipes.kto", "KTOConfig"),
+    "grpo": ("posttrain.recipes.grpo", "GRPOConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
 COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs", "bon"]

@@ -51,3 +51,35 @@ def sequence_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor], n_doc
     counts = torch.zeros(n_docs, dtype=torch.long, device=logp.device).index_add(
         0, docs[trained], torch.ones_like(docs[trained]))
     return sums, counts
+
+
+def token_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor], n_docs: int,
+                with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Each document's per-token log-probabilities of its trained tokens, laid out (n_docs, T) with T the most
+    trained tokens of any document: what PPO and GRPO ratios and KL penalties are computed on.
+
+    batch: as `sequence_logps` takes it (input_ids, labels, doc_ids and position_ids or attention_mask; a document
+    lies within one row, documents numbered row by row). Returns (logps (n_docs, T) float32, mask (n_docs, T) bool:
+    token t of document d is trained, entropy (n_docs, T) of the model's next-token distribution there, or None).
+    Token t of a document is its t-th trained token in order; positions past a document's tokens are 0 and masked.
+    """
+    logits, targets = response_logits(model, batch)
+    docs = batch["doc_ids"][:, target_positions(batch["labels"]) + 1]
+    trained = targets != IGNORE
+    logits_t = logits[trained].float()                                   # (N, V): row-major, so by document
+    lp = -F.cross_entropy(logits_t, targets[trained], reduction="none")
+    d = docs[trained]
+    counts = torch.zeros(n_docs, dtype=torch.long, device=lp.device).index_add(0, d, torch.ones_like(d))
+    starts = counts.cumsum(0) - counts
+    j = torch.arange(len(d), device=lp.device) - starts[d]
+    width = max(int(counts.max()) if n_docs else 0, 1)
+    out = torch.zeros(n_docs, width, dtype=torch.float32, device=lp.device).index_put((d, j), lp)
+    mask = torch.zeros(n_docs, width, dtype=torch.bool, device=lp.device).index_put(
+        (d, j), torch.ones_like(lp, dtype=torch.bool))
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            logz = torch.logsumexp(logits_t, -1)
+            ent = logz - (logits_t.softmax(-1) * logits_t).sum(-1)
+            entropy = torch.zeros(n_docs, width, device=lp.device).index_put((d, j), ent)
+    return out, mask, entropy

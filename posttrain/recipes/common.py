@@ -167,11 +167,13 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard (rank 0)."""
+    """Appends one JSON object per logged step to metrics.jsonl and mirrors scalars to TensorBoard (rank 0).
+    `name` and `tensorboard=False` make the same log for other rows (GRPO's samples.jsonl)."""
 
-    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0, name: str = "metrics.jsonl",
+                 tensorboard: bool = True):
         self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
+        self.path = run_dir / name
         self.tb = None
         if not enabled:
             return
@@ -180,6 +182,8 @@ class MetricsLog:
             self.path.write_text("".join(ln + "\n" for ln in keep))
         elif self.path.exists():
             self.path.unlink()
+        if not tensorboard:
+            return
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else None)
@@ -191,7 +195,7 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         for k, v in metrics.items():
-            if isinstance(v, (int, float)):
+            if self.tb is not None and isinstance(v, (int, float)):
                 self.tb.add_scalar(k, v, step)
 
     def close(self) -> None:

@@ -126,6 +126,8 @@ def decode(model, prompts: list[list[int]], pad_id: int, stop_ids: list[int], ma
         raise ValueError("decode: every prompt needs at least one token")
     if not prompts:
         return []
+    if hasattr(model, "get_base_model"):   # a peft model: its base with the adapters injected (and active)
+        model = model.get_base_model()
     seeds = list(range(len(prompts))) if seeds is None else list(seeds)
     batch_size = min(batch_size or len(prompts), len(prompts))
     sampler = _Sampler(temperature, top_p, logprobs, max_new_tokens)
