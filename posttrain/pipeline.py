@@ -27,6 +27,7 @@ from posttrain.config import doc, result_diff, save_config, section, to_dict
 from posttrain.errors import UserError, did_you_mean
 from posttrain.io import atomic_write_json, atomic_write_text, check_writable
 from posttrain.recipes.dpo import DPOConfig
+from posttrain.recipes.grpo import GRPOConfig
 from posttrain.recipes.rm import RMConfig
 from posttrain.recipes.sft import SFTConfig
 
@@ -110,6 +111,14 @@ def pipeline_dpo() -> DPOConfig:
     return cfg
 
 
+def pipeline_grpo() -> GRPOConfig:
+    """`posttrain grpo`'s config with the pipeline's defaults: the world's verifiable families, 16 prompts x 8
+    samples a step, 64 new tokens, lr 1e-4 (tried on eval seed 1: docs/experiments/grpo-first-try.md)."""
+    cfg = GRPOConfig(max_steps=100, batch_size=16, group_size=8, max_new_tokens=64, save_every=50)
+    cfg.optim.lr, cfg.optim.warmup_steps = 1e-4, 5
+    return cfg
+
+
 def pipeline_rm() -> RMConfig:
     """`posttrain rm`'s config with the pipeline's defaults: one epoch over the pairs at lr 1e-4, evaluated on the
     prefs stage's held-out test-split pairs."""
@@ -147,6 +156,11 @@ class PipelineConfig:
                                         "pairs, with the pipeline's defaults)", owned=(*SFT_OWNED, "data.eval_path"),
                            owner=OWNER + " (the sft stage's model, the prefs stage's pairs and held-out pairs, "
                                          "output_dir, seed, threads, resume)")
+    rl: bool = doc(False, "also the online RL stages: grpo (from the SFT model, on the world's verifiable rewards)")
+    grpo: GRPOConfig = section(pipeline_grpo, "the GRPO stage (`posttrain grpo` from the SFT model with the world's "
+                                              "gold as the reward, with the pipeline's defaults)",
+                               owned=tuple(k for k in SFT_OWNED if k != "data.path"),
+                               owner=OWNER + " (the sft stage's model, output_dir, seed, threads, resume)")
     bon: PipelineBonConfig = section(PipelineBonConfig, "the best-of-n stage: the SFT policy's samples picked by "
                                                         "the reward model, against gold")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "the evaluation stage")
@@ -277,6 +291,21 @@ def _dpo_settings(ctx: Context) -> DPOConfig:
                                output_dir=str(ctx.out / "dpo"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
 
 
+def _grpo_settings(ctx: Context) -> GRPOConfig:
+    c = ctx.cfg.grpo
+    return dataclasses.replace(c, model=dataclasses.replace(c.model, path=ctx.results["sft"]["model"]),
+                               output_dir=str(ctx.out / "grpo"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
+
+
+def run_grpo(ctx: Context, s: GRPOConfig) -> dict:
+    from posttrain.recipes import grpo
+
+    print(f"pipeline: grpo ({'+'.join(s.rewards)}, {s.advantage}, beta {s.beta}) on {', '.join(s.prompts.families)}")
+    grpo.main(s)
+    done = json.loads((Path(s.output_dir) / "result.json").read_text())
+    return {"model": str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+
+
 def run_dpo(ctx: Context, s: DPOConfig) -> dict:
     from posttrain.recipes import dpo
 
@@ -372,6 +401,10 @@ def _eval_done(ctx: Context) -> bool:
     return all(_eval_path(ctx, name).exists() for name in ctx.models())
 
 
+def _rl(cfg: PipelineConfig) -> bool:
+    return cfg.rl
+
+
 def _noisy(cfg: PipelineConfig) -> bool:
     return cfg.compare_noisy
 
@@ -412,6 +445,9 @@ STAGES: list[Stage] = [
     Stage("dpo", "`posttrain dpo` from the SFT model on those pairs", _dpo_settings, run_dpo, needs=("sft", "prefs"),
           enabled=_preferences, model=True, curves=("train/loss", "rewards/margins", "rewards/accuracies"),
           compare_to="sft"),
+    Stage("grpo", "`posttrain grpo` from the SFT model, rewarded by the world's gold on its verifiable families",
+          _grpo_settings, run_grpo, needs=("sft",), enabled=_rl, model=True,
+          curves=("reward", "kl", "completions/mean_length"), compare_to="sft"),
     Stage("eval", "`posttrain eval world` of the base (raw prompts) and of every trained model, on the same "
                   "held-out prompts", _eval_settings, run_eval, done=_eval_done),
 ]

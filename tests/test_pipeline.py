@@ -226,3 +226,16 @@ def test_an_unknown_annotator_is_refused_before_any_work(model_dir, tmp_path):
     with pytest.raises(UserError, match=r"config key 'prefs.annotator': unknown annotator 'fiar' \(did you mean 'fair'"):
         pipeline.main(small(model_dir, tmp_path / "p", "preferences=true", "prefs.annotator=fiar"))
     assert not (tmp_path / "p").exists()
+
+
+def test_rl_adds_a_grpo_stage_from_sft(model_dir, tmp_path):
+    """rl=true trains grpo from the SFT model on the world's verifiable families; it is evaluated, compared with
+    sft, and its reward curve is in the report."""
+    out = tmp_path / "rl"
+    summary = pipeline.main(small(model_dir, out, "rl=true", "grpo.max_steps=2", "grpo.batch_size=2",
+                                  "grpo.group_size=2", "grpo.max_new_tokens=4", "grpo.prompts.pool=6"))
+    assert set(summary["stages"]) == {"base", "sft", "grpo"} and summary["steps"]["grpo"] == 2
+    assert "grpo - sft" in summary["differences"]
+    cfg = yaml.safe_load((out / "grpo" / "config.yaml").read_text())
+    assert cfg["model"]["path"] == str(out / "sft" / "model") and cfg["output_dir"] == str(out / "grpo")
+    assert "<th>grpo</th>" in (out / "report.html").read_text()
