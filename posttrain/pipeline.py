@@ -297,22 +297,26 @@ def _grpo_settings(ctx: Context) -> GRPOConfig:
                                output_dir=str(ctx.out / "grpo"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
 
 
+def _trained(recipe_main: Callable, s: Any, what: str, key: str = "model") -> dict:
+    """Run a recipe's `main(s)` after printing `what`; its result: the saved model folder under `key`, the
+    steps it took and its final metrics (from its result.json)."""
+    print(f"pipeline: {what}")
+    recipe_main(s)
+    done = json.loads((Path(s.output_dir) / "result.json").read_text())
+    return {key: str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+
+
 def run_grpo(ctx: Context, s: GRPOConfig) -> dict:
     from posttrain.recipes import grpo
 
-    print(f"pipeline: grpo ({'+'.join(s.rewards)}, {s.advantage}, beta {s.beta}) on {', '.join(s.prompts.families)}")
-    grpo.main(s)
-    done = json.loads((Path(s.output_dir) / "result.json").read_text())
-    return {"model": str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+    return _trained(grpo.main, s, f"grpo ({'+'.join(s.rewards)}, {s.advantage}, beta {s.beta}) on "
+                                  f"{', '.join(s.prompts.families)}")
 
 
 def run_dpo(ctx: Context, s: DPOConfig) -> dict:
     from posttrain.recipes import dpo
 
-    print(f"pipeline: dpo ({s.loss}, beta {s.beta}) on {s.data.path}")
-    dpo.main(s)
-    done = json.loads((Path(s.output_dir) / "result.json").read_text())
-    return {"model": str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+    return _trained(dpo.main, s, f"dpo ({s.loss}, beta {s.beta}) on {s.data.path}")
 
 
 def _rm_settings(ctx: Context) -> RMConfig:
@@ -325,10 +329,8 @@ def _rm_settings(ctx: Context) -> RMConfig:
 def run_rm(ctx: Context, s: RMConfig) -> dict:
     from posttrain.recipes import rm
 
-    print(f"pipeline: rm from the SFT model on {s.data.path}, evaluated on {s.data.eval_path or 'nothing'}")
-    rm.main(s)
-    done = json.loads((Path(s.output_dir) / "result.json").read_text())
-    return {"reward_model": str(Path(s.output_dir) / "model"), "steps": done["steps"], "metrics": done["metrics"]}
+    return _trained(rm.main, s, f"rm from the SFT model on {s.data.path}, evaluated on {s.data.eval_path or 'nothing'}",
+                    key="reward_model")
 
 
 @dataclass
