@@ -112,9 +112,13 @@ def pipeline_dpo() -> DPOConfig:
 
 
 def pipeline_grpo() -> GRPOConfig:
-    """`posttrain grpo`'s config with the pipeline's defaults: the world's verifiable families, 16 prompts x 8
-    samples a step, 64 new tokens, lr 1e-4 (tried on eval seed 1: docs/experiments/grpo-first-try.md)."""
-    cfg = GRPOConfig(max_steps=100, batch_size=16, group_size=8, max_new_tokens=64, save_every=50)
+    """`posttrain grpo`'s config with the pipeline's defaults: every family of the world (rewarded on the six
+    verifiable ones only, GRPO forgets refusals: docs/experiments/grpo-first-try.md), a pool of 2,800 train
+    prompts, 16 prompts x 8 samples a step, 64 new tokens, lr 1e-4, 200 steps."""
+    from posttrain.world import FAMILIES
+
+    cfg = GRPOConfig(max_steps=200, batch_size=16, group_size=8, max_new_tokens=64, save_every=50)
+    cfg.prompts.families, cfg.prompts.pool = list(FAMILIES), 2800
     cfg.optim.lr, cfg.optim.warmup_steps = 1e-4, 5
     return cfg
 
@@ -156,7 +160,7 @@ class PipelineConfig:
                                         "pairs, with the pipeline's defaults)", owned=(*SFT_OWNED, "data.eval_path"),
                            owner=OWNER + " (the sft stage's model, the prefs stage's pairs and held-out pairs, "
                                          "output_dir, seed, threads, resume)")
-    rl: bool = doc(False, "also the online RL stages: grpo (from the SFT model, on the world's verifiable rewards)")
+    rl: bool = doc(False, "also the online RL stages: grpo (from the SFT model, rewarded by the world's gold)")
     grpo: GRPOConfig = section(pipeline_grpo, "the GRPO stage (`posttrain grpo` from the SFT model with the world's "
                                               "gold as the reward, with the pipeline's defaults)",
                                owned=tuple(k for k in SFT_OWNED if k != "data.path"),
@@ -447,7 +451,7 @@ STAGES: list[Stage] = [
     Stage("dpo", "`posttrain dpo` from the SFT model on those pairs", _dpo_settings, run_dpo, needs=("sft", "prefs"),
           enabled=_preferences, model=True, curves=("train/loss", "rewards/margins", "rewards/accuracies"),
           compare_to="sft"),
-    Stage("grpo", "`posttrain grpo` from the SFT model, rewarded by the world's gold on its verifiable families",
+    Stage("grpo", "`posttrain grpo` from the SFT model, rewarded by the world's gold",
           _grpo_settings, run_grpo, needs=("sft",), enabled=_rl, model=True,
           curves=("reward", "kl", "completions/mean_length"), compare_to="sft"),
     Stage("eval", "`posttrain eval world` of the base (raw prompts) and of every trained model, on the same "
