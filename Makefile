@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench bench-dpo base clean
+.PHONY: demo test lint bench bench-dpo bench-grpo bench-sampling base clean
 
 $(BIN)/posttrain: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,16 @@ bench-dpo:
 	benchmarks/.venv/bin/pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
 	benchmarks/.venv/bin/pip install -q -r benchmarks/requirements.txt -e . 2>&1 | grep -v "is ignored" || true
 	benchmarks/.venv/bin/python benchmarks/dpo_vs_trl.py --out runs/bench/dpo_vs_trl.json
+
+bench-grpo:
+	test -x benchmarks/.venv/bin/python || $(PY) -m venv benchmarks/.venv
+	benchmarks/.venv/bin/pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
+	benchmarks/.venv/bin/pip install -q -r benchmarks/requirements.txt -e . 2>&1 | grep -v "is ignored" || true
+	benchmarks/.venv/bin/python benchmarks/grpo_vs_trl.py --steps 8 --out runs/bench/grpo_vs_trl.json
+
+# posttrain's decode loop against model.generate: the project's own environment is enough.
+bench-sampling: $(BIN)/posttrain
+	$(BIN)/python benchmarks/sampling.py --out runs/bench/sampling.json
 
 clean:
 	rm -rf $(VENV) runs

@@ -21,6 +21,10 @@ of step N: generation, rewards, reference and policy passes and the update all c
 best mode's.
 
     benchmarks/.venv/bin/python benchmarks/grpo_vs_trl.py --out runs/bench/grpo_vs_trl.json [--steps 12]
+
+Measured 2026-12-01 (`--steps 8`, 2 shared cores; `results/grpo_vs_trl_2026-12-01.json`): posttrain 33.1
+episodes/s, TRL 1.16 11.3 (`model.generate`) and 8.3 (paged); ratio 2.93; peak RSS 829 MiB against 1,452 and
+5,929 MiB.
 """
 
 from __future__ import annotations
