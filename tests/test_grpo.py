@@ -156,3 +156,14 @@ def test_a_nan_reward_drops_its_sample(model_dir, tmp_path):
 def test_a_nan_reward_takes_its_groups_mean():
     r = torch.tensor([1.0, float("nan"), 0.0, 0.5, float("nan"), float("nan"), float("nan"), float("nan")])
     assert grpo.impute_group_mean(r, 4).tolist() == [1.0, 0.5, 0.0, 0.5, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_a_kl_above_max_kl_stops_the_run_and_keeps_the_last_checkpoint(model_dir, tmp_path):
+    from posttrain.errors import TrainingDiverged
+
+    out = tmp_path / "kl"
+    args = ["beta=0.1", "max_steps=4", "save_every=1", "optim.lr=3e-2", "rewards=[grpo_rewards:letters]"]
+    with pytest.raises(TrainingDiverged, match=r"KL to the reference .* > max_kl=1e-06 at step 2; stopped without "
+                                               r"saving; the last good checkpoint is .*step-0000001"):
+        run(model_dir, out, *args, "max_kl=1e-6")                  # step 1: KL 0 (policy == reference)
+    assert not (out / "model").exists() and not (out / "result.json").exists()

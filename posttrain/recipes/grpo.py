@@ -45,7 +45,7 @@ from posttrain.config import doc, section
 from posttrain.data.collate import pack_lengths, packed_batch
 from posttrain.data.render import IGNORE, Rendered, Renderer
 from posttrain.data.types import Conversation, Message
-from posttrain.errors import UserError
+from posttrain.errors import TrainingDiverged, UserError
 from posttrain.losses.rl import aggregate, group_advantages, kl_per_token, policy_loss
 from posttrain.models.forward import token_logps
 from posttrain.models.load import load_tokenizer
@@ -92,6 +92,8 @@ class GRPOConfig(common.RunConfig):
     max_new_tokens: int = doc(128, "generation budget per sample", ge=1)
     gen_batch_size: int = doc(64, "samples decoded together", ge=1, changes_result=False)
     max_seq_len: int = doc(1024, "prompt + response tokens per sequence (longer prompts are refused)", ge=2)
+    max_kl: float = doc(0.0, "stop the run when a step's mean per-token KL to the reference exceeds this (0: "
+                              "never); nothing is saved for that step, the last checkpoint is kept", ge=0)
     log_samples: int = doc(4, "samples of each step written to samples.jsonl (0: none)", ge=0,
                            changes_result=False)
 
@@ -252,6 +254,16 @@ def check_settings(cfg: GRPOConfig) -> None:
         raise UserError(f"epsilon_high ({cfg.epsilon_high}) is below epsilon ({cfg.epsilon})")
 
 
+def check_kl(cfg: GRPOConfig, kl: float, step: int, run: common.Run) -> None:
+    """A KL to the reference above `max_kl` (the policy has run away from it) stops the run before the update,
+    like a non-finite loss: nothing of this step is saved, the last checkpoint stays the one to resume from."""
+    if cfg.max_kl and cfg.beta > 0 and kl > cfg.max_kl:
+        run.close()
+        last = common.latest_checkpoint(run.ckpt_dir)
+        raise TrainingDiverged(f"KL to the reference {kl:.3f} > max_kl={cfg.max_kl} at step {step}; stopped without "
+                               f"saving; {f'the last good checkpoint is {last}' if last else 'no checkpoint was written'}")
+
+
 def impute_group_mean(reward: torch.Tensor, group_size: int) -> torch.Tensor:
     """A NaN reward replaced by the mean of the other rewards of its group (0 when none is finite), so a dropped
     sample does not move its group's baseline."""
@@ -347,6 +359,7 @@ def main(cfg: GRPOConfig) -> dict:
             sums: dict[str, float] = {"kl": 0.0, "entropy": 0.0, "clip_ratio": 0.0, "approxkl": 0.0}
             loss_sum = common.accumulate(acc, model, micro, functools.partial(update_loss, cfg, model, acc, batch,
                                                                                pad_id, sums))
+            check_kl(cfg, sums["kl"] / max(n_tokens, 1), step + 1, run)
             metrics = common.optimizer_step(acc, params, optimizer, scheduler, loss_sum, cfg.optim.max_grad_norm,
                                             step + 1, run.ckpt_dir)
 
