@@ -56,6 +56,9 @@ class PipelineEvalConfig:
                     ge=0)
     max_new_tokens: int = doc(128, "generation budget per prompt (a model that does not stop is cut here)", ge=1)
     batch_size: int = doc(32, "prompts per generation batch", ge=1, changes_result=False)
+    kl_prompts: int = doc(70, "held-out prompts on which each model after SFT samples one response at temperature 1, "
+                              "to estimate its KL to the SFT model (the report's gold-against-KL chart; 0: skip)",
+                          ge=0)
 
 
 def pipeline_sft() -> SFTConfig:
@@ -400,11 +403,38 @@ def run_eval(ctx: Context, s: PipelineEvalConfig) -> dict:
         probes = generate(model, tok, prompts, max_new_tokens=s.max_new_tokens, raw=raw)
         result["probes"] = [{"prompt": p, "response": o["text"], "stopped": o["stopped"]} for p, o in zip(PROBES, probes)]
         atomic_write_json(out, result)
+    for name in _needs_kl(ctx):
+        _add_kl_to_sft(ctx, s, name)
     return {"models": {name: str(_eval_path(ctx, name)) for name in ctx.models()}}
 
 
+def _needs_kl(ctx: Context) -> list[str]:
+    """The models after SFT whose evaluation has no KL to the SFT model yet (none when kl_prompts is 0)."""
+    models = ctx.models()
+    if not ctx.cfg.eval.kl_prompts or "sft" not in models:
+        return []
+    return [n for n in models if n not in ("base", "sft") and _eval_path(ctx, n).exists()
+            and "kl_to_sft" not in json.loads(_eval_path(ctx, n).read_text())]
+
+
+def _add_kl_to_sft(ctx: Context, s: PipelineEvalConfig, name: str) -> None:
+    from posttrain.eval.kl import kl_to_reference
+    from posttrain.models.load import load_model, load_tokenizer
+    from posttrain.world import sample_tasks
+
+    models = ctx.models()
+    tok = load_tokenizer(models[name])
+    prompts = [t.messages for t in sample_tasks(s.kl_prompts, "test", seed=s.seed, distinct=True)]
+    print(f"pipeline: KL of {name} to sft on {len(prompts)} held-out prompts (one sample each, temperature 1)")
+    kl = kl_to_reference(load_model(models[name]), load_model(models["sft"]), tok, prompts,
+                         max_new_tokens=s.max_new_tokens, seed=s.seed, batch_size=s.batch_size)
+    result = json.loads(_eval_path(ctx, name).read_text())
+    result["kl_to_sft"] = kl
+    atomic_write_json(_eval_path(ctx, name), result)
+
+
 def _eval_done(ctx: Context) -> bool:
-    return all(_eval_path(ctx, name).exists() for name in ctx.models())
+    return all(_eval_path(ctx, name).exists() for name in ctx.models()) and not _needs_kl(ctx)
 
 
 def _rl(cfg: PipelineConfig) -> bool:
@@ -527,6 +557,25 @@ def section_family_changes(ctx: Context):
                    "the error bar is the paired bootstrap 95% interval.")
 
 
+def section_gold_kl(ctx: Context):
+    """Gold against KL to the SFT model: every policy after SFT (its sampled KL, with its interval), SFT at 0,
+    and best-of-n along its analytic KL bound (on its own prompts)."""
+    from posttrain.report.html import Section, plot_gold_kl, png_html
+
+    evals = _evals(ctx)
+    points = {n: (r["kl_to_sft"]["kl"], *r["kl_to_sft"]["kl_ci"], r["gold"]) for n, r in evals.items()
+              if "kl_to_sft" in r}
+    if not points or "sft" not in evals:
+        return None
+    points = {"sft": (0.0, 0.0, 0.0, evals["sft"]["gold"]), **points}
+    bon = [(x["kl"], x["gold_rm"]) for x in ctx.results["bon"]["rows"]] if ctx.results.get("bon") else []
+    note = (f"x: KL(policy || SFT) in nats per response, estimated on {ctx.cfg.eval.kl_prompts} held-out prompts "
+            "from one sample each at temperature 1 (error bar: 95% bootstrap interval); y: gold on the evaluation's "
+            "prompts. Best-of-n: its analytic KL bound log n - (n-1)/n against the gold of the reward model's "
+            "pick, on its own prompts.")
+    return Section("Gold against KL to the SFT model", png_html(plot_gold_kl(points, bon), "gold against KL"), note)
+
+
 def section_preferences(ctx: Context):
     """The preference data: how many pairs, and how often each simulated annotator (and the panel) agrees with
     gold on them, for the training pairs and the held-out ones."""
@@ -633,7 +682,7 @@ def section_curves(ctx: Context):
 
 
 SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_family_changes,
-                                            section_preferences, section_reward_model, section_bon, section_probes,
+                                            section_gold_kl, section_preferences, section_reward_model, section_bon, section_probes,
                                             section_example, section_curves]
 
 

@@ -239,3 +239,28 @@ def test_rl_adds_a_grpo_stage_from_sft(model_dir, tmp_path):
     cfg = yaml.safe_load((out / "grpo" / "config.yaml").read_text())
     assert cfg["model"]["path"] == str(out / "sft" / "model") and cfg["output_dir"] == str(out / "grpo")
     assert "<th>grpo</th>" in (out / "report.html").read_text()
+
+
+def test_kl_to_sft_is_zero_for_sft_itself_and_the_report_plots_it(model_dir, tok, tmp_path):
+    """The sequence KL of a model to itself is 0 (the sampler's log-probs and the reference's forward agree to
+    1e-4 per response); a perturbed model is farther; the rl run's report has the gold-against-KL chart."""
+    import torch
+
+    from posttrain.eval.kl import kl_to_reference
+    from posttrain.models.load import load_model
+
+    prompts = ["hi", "What is 2 + 3?", "List 2 words."]
+    model = load_model(str(model_dir))
+    same = kl_to_reference(model, model, tok, prompts, max_new_tokens=8)
+    assert abs(same["kl"]) < 1e-4 and same["prompts"] == 3
+    noisy = load_model(str(model_dir))
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    assert kl_to_reference(noisy, model, tok, prompts, max_new_tokens=8)["kl"] > 0.1
+    out = tmp_path / "klrun"
+    pipeline.main(small(model_dir, out, "rl=true", "grpo.max_steps=1", "grpo.batch_size=2", "grpo.group_size=2",
+                        "grpo.max_new_tokens=4", "grpo.prompts.pool=6", "eval.kl_prompts=3"))
+    grpo_eval = json.loads((out / "eval" / "grpo.json").read_text())
+    assert grpo_eval["kl_to_sft"]["prompts"] == 3
+    assert "<h2>Gold against KL to the SFT model</h2>" in (out / "report.html").read_text()

@@ -242,6 +242,29 @@ def plot_family_changes(diffs: dict[str, dict]) -> bytes:
     return buf.getvalue()
 
 
+def plot_gold_kl(points: dict[str, tuple[float, float, float, float]], bon: list[tuple[float, float]]) -> bytes:
+    """PNG bytes: gold against KL to a reference. `points`: label -> (kl, kl_lo, kl_hi, gold), drawn as markers
+    with horizontal error bars; `bon`: (kl, gold) of best-of-n at each n, drawn as a line."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if bon:
+        ax.plot([k for k, _ in bon], [g for _, g in bon], "o--", color="gray", label="best-of-n (its own prompts)")
+    for label, (kl, lo, hi, gold) in points.items():
+        ax.errorbar([kl], [gold], xerr=[[max(0.0, kl - lo)], [max(0.0, hi - kl)]], fmt="o", capsize=3, label=label)
+    ax.set_xlabel("KL to the SFT model (nats per response)")
+    ax.set_ylabel("gold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
 def family_changes_html(diffs: dict[str, dict]) -> str:
     """The per-family chart of `plot_family_changes` as an inline image."""
     return png_html(plot_family_changes(diffs), "per-family gold differences")
