@@ -84,6 +84,7 @@ def check_writable(path: str | os.PathLike, what: str = "output", folder: bool =
     if folder and path.exists() and not path.is_dir():
         raise UserError(f"{what}: '{path}' is a file; give a folder")
     parent = path if folder else path.parent
+    missing = [d for d in (parent, *parent.parents) if not d.exists()]  # made for the probe, removed after it
     try:
         parent.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=parent, prefix=".posttrain-", suffix=".probe")
@@ -91,3 +92,7 @@ def check_writable(path: str | os.PathLike, what: str = "output", folder: bool =
         os.unlink(probe)
     except OSError as e:
         raise UserError(f"{what}: cannot write '{path}' ({e.strerror or type(e).__name__})") from None
+    finally:
+        for d in missing:  # deepest first: a run that then fails on bad input leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                d.rmdir()
