@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from posttrain.data.collate import packed_batch
-from posttrain.data.render import IGNORE, Rendered
 from posttrain.eval.stats import bootstrap_ci
 from posttrain.models.forward import token_logps
-from posttrain.rollout.generate import generate
+from posttrain.rollout.generate import generate, samples_batch
 
 
 @torch.no_grad()
@@ -25,14 +23,12 @@ def reference_logps(reference, samples: list[dict], pad_id: int, micro: int = 32
     was = reference.training
     reference.eval()
     device = next(reference.parameters()).device
-    out: list[float] = []
+    out = [0.0] * len(samples)
     for start in range(0, len(samples), micro):
-        chunk = samples[start:start + micro]
-        seqs = [[Rendered(s["prompt_ids"] + s["token_ids"], [IGNORE] * len(s["prompt_ids"]) + s["token_ids"])]
-                for s in chunk]
-        batch = {k: v.to(device) for k, v in packed_batch(seqs, pad_id, doc_ids=True).items()}
-        lp, mask, _ = token_logps(reference, batch, len(chunk))
-        out += (lp * mask).sum(1).tolist()
+        batch, order = samples_batch(samples, list(range(start, min(start + micro, len(samples)))), pad_id)
+        lp, mask, _ = token_logps(reference, {k: v.to(device) for k, v in batch.items()}, len(order))
+        for i, total in zip(order, (lp * mask).sum(1).tolist()):
+            out[i] = total
     reference.train(was)
     return out
 

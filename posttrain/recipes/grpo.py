@@ -42,15 +42,14 @@ from typing import Literal
 import torch
 
 from posttrain.config import doc, section
-from posttrain.data.collate import pack_lengths, packed_batch
-from posttrain.data.render import IGNORE, Rendered, Renderer
+from posttrain.data.render import Renderer
 from posttrain.data.types import Conversation, Message
 from posttrain.errors import TrainingDiverged, UserError
 from posttrain.losses.rl import aggregate, group_advantages, kl_per_token, policy_loss
 from posttrain.models.forward import token_logps
 from posttrain.models.load import load_tokenizer
 from posttrain.recipes import common
-from posttrain.rollout.generate import generate
+from posttrain.rollout.generate import generate, samples_batch
 from posttrain.world import Task, sample_tasks
 from posttrain.world import score as world_score
 
@@ -169,21 +168,10 @@ def compute_rewards(fns: dict[str, RewardFn], weights: list[float], tasks: list[
 # --- sequences -------------------------------------------------------------------------------------------------
 
 
-def sample_batch(samples: list[dict], chunk: list[int], pad_id: int) -> tuple[dict, list[int]]:
-    """The chunk's samples (prompt ids + response token ids, loss on the response) packed into rows; returns the
-    batch and the samples' order in it (document k is order[k])."""
-    seqs = [Rendered(samples[i]["prompt_ids"] + samples[i]["token_ids"],
-                     [IGNORE] * len(samples[i]["prompt_ids"]) + samples[i]["token_ids"]) for i in chunk]
-    lengths = [len(s.input_ids) for s in seqs]
-    groups = pack_lengths(lengths, max(lengths))
-    order = [chunk[j] for g in groups for j in g]
-    return packed_batch([[seqs[j] for j in g] for g in groups], pad_id, doc_ids=True), order
-
-
 def chunk_logps(model, acc, samples: list[dict], chunk: list[int], pad_id: int, width: int, entropy: bool = False):
     """Per-token log-probs (len(chunk), width) of the chunk's responses, in the order of `chunk`, with the mask
     (and the entropy)."""
-    batch, order = sample_batch(samples, chunk, pad_id)
+    batch, order = samples_batch(samples, chunk, pad_id)
     batch = {k: v.to(acc.device) for k, v in batch.items()}
     with acc.autocast():
         lp, mask, ent = token_logps(model, batch, len(order), with_entropy=entropy)
@@ -334,7 +322,7 @@ def main(cfg: GRPOConfig) -> dict:
         except UserError:
             run.close()  # end the progress bar's line, so the error is a line of its own
             raise
-        gold = [world_score(t, x, s).gold for t, x, s in zip(flat_tasks, texts, stopped)]
+        gold = per.get("world") or [world_score(t, x, s).gold for t, x, s in zip(flat_tasks, texts, stopped)]
         keep = torch.isfinite(reward)
         adv = torch.where(keep, group_advantages(impute_group_mean(reward, cfg.group_size), cfg.group_size,
                                                  cfg.advantage), torch.zeros(()))

@@ -13,7 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from posttrain.data.render import Renderer
+from posttrain.data.collate import pack_lengths, packed_batch
+from posttrain.data.render import IGNORE, Rendered, Renderer
 from posttrain.data.types import Message
 from posttrain.errors import UserError
 from posttrain.rollout.decode import decode
@@ -119,6 +120,19 @@ def _result(tokenizer, token_ids: list[int], stopped: bool, logprobs: list[float
     if logprobs is not None:
         r["logprobs"] = logprobs
     return r
+
+
+def samples_batch(samples: list[dict], chunk: list[int], pad_id: int) -> tuple[dict, list[int]]:
+    """The samples `chunk` (indices into `generate`'s output) as training sequences, prompt ids + token ids with
+    the loss on the response, packed into rows (`data.collate.packed_batch` with doc_ids): what RL and KL passes
+    score them with (`models.forward.token_logps`). Returns the batch and the samples' order in it (document k is
+    sample order[k])."""
+    seqs = [Rendered(samples[i]["prompt_ids"] + samples[i]["token_ids"],
+                     [IGNORE] * len(samples[i]["prompt_ids"]) + samples[i]["token_ids"]) for i in chunk]
+    lengths = [len(x.input_ids) for x in seqs]
+    groups = pack_lengths(lengths, max(lengths))
+    order = [chunk[j] for g in groups for j in g]
+    return packed_batch([[seqs[j] for j in g] for g in groups], pad_id, doc_ids=True), order
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
