@@ -40,6 +40,7 @@ RECIPES = {
     "rm": ("posttrain.recipes.rm", "RMConfig"),
     "kto": ("posttrain.recipes.kto", "KTOConfig"),
     "grpo": ("posttrain.recipes.grpo", "GRPOConfig"),
+    "ppo": ("posttrain.recipes.ppo", "PPOConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
 COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs", "bon"]

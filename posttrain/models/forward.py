@@ -68,18 +68,44 @@ def token_logps(model: PreTrainedModel, batch: dict[str, torch.Tensor], n_docs: 
     trained = targets != IGNORE
     logits_t = logits[trained].float()                                   # (N, V): row-major, so by document
     lp = -F.cross_entropy(logits_t, targets[trained], reduction="none")
-    d = docs[trained]
-    counts = torch.zeros(n_docs, dtype=torch.long, device=lp.device).index_add(0, d, torch.ones_like(d))
-    starts = counts.cumsum(0) - counts
-    j = torch.arange(len(d), device=lp.device) - starts[d]
-    width = max(int(counts.max()) if n_docs else 0, 1)
-    out = torch.zeros(n_docs, width, dtype=torch.float32, device=lp.device).index_put((d, j), lp)
-    mask = torch.zeros(n_docs, width, dtype=torch.bool, device=lp.device).index_put(
-        (d, j), torch.ones_like(lp, dtype=torch.bool))
+    lay_out = _by_document(docs[trained], n_docs)
+    out, mask = lay_out(lp)
     entropy = None
     if with_entropy:
         with torch.no_grad():
             logz = torch.logsumexp(logits_t, -1)
-            ent = logz - (logits_t.softmax(-1) * logits_t).sum(-1)
-            entropy = torch.zeros(n_docs, width, device=lp.device).index_put((d, j), ent)
+            entropy = lay_out(logz - (logits_t.softmax(-1) * logits_t).sum(-1))[0]
     return out, mask, entropy
+
+
+def _by_document(d: torch.Tensor, n_docs: int):
+    """A function laying values (N,) of the trained positions, whose documents are `d` (N,) in row-major order,
+    out as (n_docs, T) by document (token t = the document's t-th trained token), with the mask."""
+    counts = torch.zeros(n_docs, dtype=torch.long, device=d.device).index_add(0, d, torch.ones_like(d))
+    starts = counts.cumsum(0) - counts
+    j = torch.arange(len(d), device=d.device) - starts[d]
+    width = max(int(counts.max()) if n_docs else 0, 1)
+
+    def lay_out(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.zeros(n_docs, width, dtype=torch.float32, device=x.device).index_put((d, j), x.float())
+        mask = torch.zeros(n_docs, width, dtype=torch.bool, device=x.device).index_put(
+            (d, j), torch.ones_like(x, dtype=torch.bool))
+        return out, mask
+
+    return lay_out
+
+
+def token_values(backbone: torch.nn.Module, head: torch.nn.Module, batch: dict[str, torch.Tensor],
+                 n_docs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A value model's estimate at every trained token of each document, laid out as `token_logps` lays out
+    log-probs: (values (n_docs, T) float32, mask). The value of token t is read where token t is predicted (the
+    position before it: the state the policy chose it in), `head(backbone(...).last_hidden_state)`; `backbone` is
+    a sequence classifier's body (`model.base_model`) and `head` its `score` (or any hidden -> 1 module)."""
+    labels = batch["labels"]
+    keep = target_positions(labels)
+    inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, keep]
+    values = head(hidden).squeeze(-1)
+    trained = labels[:, keep + 1] != IGNORE
+    docs = batch["doc_ids"][:, keep + 1]
+    return _by_document(docs[trained], n_docs)(values[trained])

@@ -421,6 +421,7 @@ class Run:
         self.bar = None
         self.seen_tokens = 0
         self.t0 = self.c0 = 0.0
+        self.extra: dict = {}  # state a recipe keeps besides weights and optimizers (PPO's adaptive beta)
 
     def resume(self, models: dict, optimizers: dict, schedulers: dict, max_steps: int, what: str) -> int:
         """Restore the newest checkpoint (when resuming), write config.yaml (when not), open metrics and the
@@ -429,7 +430,7 @@ class Run:
         last = latest_checkpoint(self.ckpt_dir) if self.resuming else None
         start = 0
         if last is not None:
-            start, _ = load_checkpoint(last, {k: self.acc.unwrap_model(m) for k, m in models.items()}, optimizers,
+            start, self.extra = load_checkpoint(last, {k: self.acc.unwrap_model(m) for k, m in models.items()}, optimizers,
                                        schedulers)
         if self.main and not self.resuming:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -456,7 +457,7 @@ class Run:
         self.bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", tok_s=f"{metrics['train/tokens_per_s']:.0f}")
         if self.cfg.save_every and done % self.cfg.save_every == 0 and done < self.max_steps and self.main:
             save_checkpoint(self.ckpt_dir, done, {k: self.acc.unwrap_model(m) for k, m in self.models.items()},
-                            self.optimizers, self.schedulers, self.cfg.keep_checkpoints)
+                            self.optimizers, self.schedulers, self.cfg.keep_checkpoints, self.extra)
         self.acc.wait_for_everyone()
 
     def close(self) -> None:
