@@ -28,6 +28,7 @@ from posttrain.errors import UserError, did_you_mean
 from posttrain.io import atomic_write_json, atomic_write_text, check_writable
 from posttrain.recipes.dpo import DPOConfig
 from posttrain.recipes.grpo import GRPOConfig
+from posttrain.recipes.ppo import PPOConfig
 from posttrain.recipes.rm import RMConfig
 from posttrain.recipes.sft import SFTConfig
 
@@ -126,6 +127,19 @@ def pipeline_grpo() -> GRPOConfig:
     return cfg
 
 
+def pipeline_ppo() -> PPOConfig:
+    """`posttrain ppo`'s config with the pipeline's defaults: the rm stage's reward model as the reward (and the
+    value model's start), every family of the world, a pool of 2,800 train prompts, 32 prompts a step in two
+    mini-batches of 16, two PPO epochs, 64 new tokens, lr 1e-4, beta 0.05, 200 steps (tried on eval seed 1;
+    docs/experiments/ppo-first-try.md)."""
+    from posttrain.world import FAMILIES
+
+    cfg = PPOConfig(max_steps=200, batch_size=32, mini_batch_size=16, ppo_epochs=2, max_new_tokens=64, save_every=50)
+    cfg.prompts.families, cfg.prompts.pool = list(FAMILIES), 2800
+    cfg.optim.lr, cfg.optim.warmup_steps = 1e-4, 5
+    return cfg
+
+
 def pipeline_rm() -> RMConfig:
     """`posttrain rm`'s config with the pipeline's defaults: one epoch over the pairs at lr 1e-4, evaluated on the
     prefs stage's held-out test-split pairs."""
@@ -163,11 +177,17 @@ class PipelineConfig:
                                         "pairs, with the pipeline's defaults)", owned=(*SFT_OWNED, "data.eval_path"),
                            owner=OWNER + " (the sft stage's model, the prefs stage's pairs and held-out pairs, "
                                          "output_dir, seed, threads, resume)")
-    rl: bool = doc(False, "also the online RL stages: grpo (from the SFT model, rewarded by the world's gold)")
+    rl: bool = doc(False, "also the online RL stages: grpo (from the SFT model, rewarded by the world's gold) and, "
+                          "with preferences=true, ppo (from the SFT model, rewarded by the rm stage's reward model)")
     grpo: GRPOConfig = section(pipeline_grpo, "the GRPO stage (`posttrain grpo` from the SFT model with the world's "
                                               "gold as the reward, with the pipeline's defaults)",
                                owned=tuple(k for k in SFT_OWNED if k != "data.path"),
                                owner=OWNER + " (the sft stage's model, output_dir, seed, threads, resume)")
+    ppo: PPOConfig = section(pipeline_ppo, "the PPO stage (`posttrain ppo` from the SFT model with the rm stage's "
+                                           "reward model as the reward, with the pipeline's defaults)",
+                             owned=(*(k for k in SFT_OWNED if k != "data.path"), "rewards"),
+                             owner=OWNER + " (the sft stage's model, the rm stage's reward model as rewards, "
+                                           "output_dir, seed, threads, resume)")
     bon: PipelineBonConfig = section(PipelineBonConfig, "the best-of-n stage: the SFT policy's samples picked by "
                                                         "the reward model, against gold")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "the evaluation stage")
@@ -304,6 +324,13 @@ def _grpo_settings(ctx: Context) -> GRPOConfig:
                                output_dir=str(ctx.out / "grpo"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
 
 
+def _ppo_settings(ctx: Context) -> PPOConfig:
+    c = ctx.cfg.ppo
+    return dataclasses.replace(c, model=dataclasses.replace(c.model, path=ctx.results["sft"]["model"]),
+                               rewards=[f"rm:{ctx.results['rm']['reward_model']}"],
+                               output_dir=str(ctx.out / "ppo"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
+
+
 def _trained(recipe_main: Callable, s: Any, what: str, key: str = "model") -> dict:
     """Run a recipe's `main(s)` after printing `what`; its result: the saved model folder under `key`, the
     steps it took and its final metrics (from its result.json)."""
@@ -318,6 +345,13 @@ def run_grpo(ctx: Context, s: GRPOConfig) -> dict:
 
     return _trained(grpo.main, s, f"grpo ({'+'.join(s.rewards)}, {s.advantage}, beta {s.beta}) on "
                                   f"{', '.join(s.prompts.families)}")
+
+
+def run_ppo(ctx: Context, s: PPOConfig) -> dict:
+    from posttrain.recipes import ppo
+
+    return _trained(ppo.main, s, f"ppo (rewarded by {s.rewards[0][3:]}, beta {s.beta}{', shared base' if s.shared else ''})"
+                                 f" on {len(s.prompts.families)} families")
 
 
 def run_dpo(ctx: Context, s: DPOConfig) -> dict:
@@ -441,6 +475,10 @@ def _rl(cfg: PipelineConfig) -> bool:
     return cfg.rl
 
 
+def _rlhf(cfg: PipelineConfig) -> bool:
+    return cfg.rl and cfg.preferences
+
+
 def _noisy(cfg: PipelineConfig) -> bool:
     return cfg.compare_noisy
 
@@ -484,6 +522,9 @@ STAGES: list[Stage] = [
     Stage("grpo", "`posttrain grpo` from the SFT model, rewarded by the world's gold",
           _grpo_settings, run_grpo, needs=("sft",), enabled=_rl, model=True,
           curves=("reward", "kl", "completions/mean_length"), compare_to="sft"),
+    Stage("ppo", "`posttrain ppo` from the SFT model, rewarded by the rm stage's reward model (with preferences)",
+          _ppo_settings, run_ppo, needs=("sft", "rm"), enabled=_rlhf, model=True,
+          curves=("objective/scores", "gold", "objective/kl", "completions/mean_length"), compare_to="sft"),
     Stage("eval", "`posttrain eval world` of the base (raw prompts) and of every trained model, on the same "
                   "held-out prompts", _eval_settings, run_eval, done=_eval_done),
 ]

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import yaml
+from conftest import read_metrics
 
 from posttrain import pipeline
 from posttrain.config import load_config
@@ -179,7 +180,11 @@ def fake_generate(monkeypatch) -> None:
     refs = {tuple((m.role, m.content) for m in t.messages): t.reference
             for split in ("train", "test") for t in sample_tasks(40, split, 0, distinct=True)}
 
+    real = gen.generate
+
     def fake(model, tokenizer, prompts, n=1, **kw):
+        if kw.get("return_logprobs"):   # the KL estimate's samples: the real loop
+            return real(model, tokenizer, prompts, n=n, **kw)
         out = []
         for i, p in enumerate(prompts):
             key = tuple((m.role, m.content) for m in p) if isinstance(p, list) else None
@@ -264,3 +269,25 @@ def test_kl_to_sft_is_zero_for_sft_itself_and_the_report_plots_it(model_dir, tok
     grpo_eval = json.loads((out / "eval" / "grpo.json").read_text())
     assert grpo_eval["kl_to_sft"]["prompts"] == 3
     assert "<h2>Gold against KL to the SFT model</h2>" in (out / "report.html").read_text()
+
+
+def test_rl_with_preferences_adds_a_ppo_stage_rewarded_by_the_reward_model(model_dir, tmp_path, monkeypatch):
+    """With preferences=true, rl=true also trains ppo from the SFT model with the rm stage's reward model as its
+    reward (and its value model's start); it is evaluated, compared with sft, placed on the gold-KL chart."""
+    fake_generate(monkeypatch)   # the prefs stage's samples; ppo samples through the real loop
+    out = tmp_path / "ppo"
+    summary = pipeline.main(small(model_dir, out, "preferences=true", "rl=true", "prefs.n_prompts=8", "prefs.k=2",
+                                  "prefs.annotator=gold", "prefs.test_prompts=8", "rm.max_steps=2", "rm.batch_size=4",
+                                  "rm.micro_batch_size=2", "bon.n=[1,2]", "bon.n_prompts=4", "bon.max_new_tokens=4",
+                                  "dpo.max_steps=1", "dpo.batch_size=4", "dpo.micro_batch_size=2", "grpo.max_steps=1", "grpo.batch_size=2",
+                                  "grpo.group_size=2", "grpo.max_new_tokens=4", "grpo.prompts.pool=6",
+                                  "ppo.max_steps=2", "ppo.batch_size=4", "ppo.mini_batch_size=2",
+                                  "ppo.max_new_tokens=4", "ppo.prompts.pool=8", "eval.kl_prompts=4"))
+    assert summary["steps"]["ppo"] == 2 and "ppo - sft" in summary["differences"]
+    cfg = yaml.safe_load((out / "ppo" / "config.yaml").read_text())
+    assert cfg["rewards"] == [f"rm:{out / 'rm' / 'model'}"] and cfg["model"]["path"] == str(out / "sft" / "model")
+    assert "kl_to_sft" in json.loads((out / "eval" / "ppo.json").read_text())
+    html = (out / "report.html").read_text()
+    assert "<th>ppo</th>" in html and "objective/scores" in read_metrics(out / "ppo")[-1]
+    with pytest.raises(UserError, match="ppo.rewards"):
+        pipeline.main(small(model_dir, tmp_path / "x", "ppo.rewards=[world]"))
