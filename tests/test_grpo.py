@@ -167,3 +167,21 @@ def test_a_kl_above_max_kl_stops_the_run_and_keeps_the_last_checkpoint(model_dir
                                                r"saving; the last good checkpoint is .*step-0000001"):
         run(model_dir, out, *args, "max_kl=1e-6")                  # step 1: KL 0 (policy == reference)
     assert not (out / "model").exists() and not (out / "result.json").exists()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gpt2"])
+@pytest.mark.parametrize("mode", [[], ["lora.enabled=true"]])
+def test_other_archs_train_full_and_lora(arch, mode, tok, tmp_path):
+    """GRPO steps on tiny Qwen2 and GPT-2 (Llama: the tests above), full and LoRA (reference = base, adapters off);
+    the saved model loads with plain transformers."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models.tiny import tiny_model
+
+    d = tmp_path / arch
+    tiny_model(arch, tok, seed=0, hidden=32, layers=2, heads=4).save_pretrained(d)
+    tok.save_pretrained(d)
+    m = run(d, tmp_path / "run", "rewards=[grpo_rewards:letters]", "beta=0.1", *mode)
+    curve = train_losses(tmp_path / "run")
+    assert len(curve) == 2 and all(c == c for c in curve) and m["kl"] == m["kl"]
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model") is not None
