@@ -16,6 +16,7 @@
     posttrain world tasks --split train|test --n N [--family F ...] [--json]
     posttrain prefs generate --policy PATH --n-prompts N --k K --annotator NAME --out FILE [--unpaired]
     posttrain bon --policy PATH --reward-model RM [--n 1,2,4,8,16,32] [--n-prompts 280] [--out FILE] [--plot PNG]
+    posttrain sweep ppo beta=0.01,0.1,1.0 [--config FILE] [key=value ...] [--out DIR] [--report-only]
     posttrain init-model --arch llama --data FILE --out DIR
 
 Bad input ends with one line `error: ...` and exit code 2; `--debug` shows the traceback instead.
@@ -43,7 +44,7 @@ RECIPES = {
     "ppo": ("posttrain.recipes.ppo", "PPOConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
-COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs", "bon"]
+COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs", "bon", "sweep"]
 
 
 def _recipe(name: str, argv: list[str]) -> int:
@@ -194,6 +195,10 @@ def run(argv: list[str]) -> int:
         from posttrain.recipes.rm import score_cli
 
         return score_cli(rest[1:])
+    if cmd == "sweep":
+        from posttrain.sweep import sweep_main
+
+        return sweep_main(rest)
     if cmd in RECIPES:
         return _recipe(cmd, rest)
     handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model, "eval": _eval,

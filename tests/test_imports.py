@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "posttrain"
 
 # The order of CONTRIBUTING.md: a layer may import itself and any layer to its left, never one to its right.
 LAYERS = ["errors", "io", "config", "data", "world", "models", "losses", "rollout", "recipes", "eval", "safety",
-          "report", "pipeline", "cli", "__main__"]
+          "report", "pipeline", "sweep", "cli", "__main__"]
 
 
 def layer_of(module: str) -> str:
