@@ -73,6 +73,17 @@ def train_losses(out: Path) -> list[float]:
     return [m["train/loss"] for m in read_metrics(out) if "train/loss" in m]
 
 
+def resumed_equals_uninterrupted(full: Path, cut: Path, sub: str) -> None:
+    """An interrupted-then-resumed run folder `cut` logged the same losses and saved the same weights (in `sub`:
+    model or adapter) as the uninterrupted `full`, bit for bit."""
+    from safetensors.torch import load_file
+
+    assert train_losses(cut) == train_losses(full)
+    a = load_file(next((full / sub).glob("*.safetensors")))
+    b = load_file(next((cut / sub).glob("*.safetensors")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

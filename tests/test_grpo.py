@@ -9,7 +9,7 @@ import json
 
 import pytest
 import torch
-from conftest import cli_fails, read_metrics, train_losses
+from conftest import cli_fails, read_metrics, resumed_equals_uninterrupted, train_losses
 from safetensors.torch import load_file
 
 from posttrain.config import load_config
@@ -105,11 +105,7 @@ def test_resume_continues_exactly(model_dir, tmp_path, interrupt_at, extra):
     with interrupt_at(3):                                   # in rollout step 3 (its first update with iterations)
         run(model_dir, tmp_path / "cut", *args)
     run(model_dir, tmp_path / "cut", *args)
-    assert train_losses(tmp_path / "cut") == train_losses(tmp_path / "full")
-    sub = "model" if not extra else "adapter"
-    a = load_file(next((tmp_path / "full" / sub).glob("*.safetensors")))
-    b = load_file(next((tmp_path / "cut" / sub).glob("*.safetensors")))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resumed_equals_uninterrupted(tmp_path / "full", tmp_path / "cut", "model" if not extra else "adapter")
 
 
 def test_a_short_run_learns_the_reward(model_dir, tmp_path):

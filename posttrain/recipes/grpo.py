@@ -65,27 +65,15 @@ class GRPOPromptsConfig:
 
 
 @dataclass
-class GRPOConfig(common.RunConfig):
+class OnlineRLConfig(common.RunConfig):
+    """What the online RL recipes (grpo, ppo) share: the policy, its optimizer and LoRA, the rewards, sampling."""
     model: common.ModelConfig = section(common.ModelConfig, "the policy to train (usually the SFT model)")
     optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule")
     lora: common.LoraConfig = section(common.LoraConfig, "LoRA (through peft); the reference is the base")
-    prompts: GRPOPromptsConfig = section(GRPOPromptsConfig, "the prompts")
-    output_dir: str = doc("runs/grpo", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, samples.jsonl, "
-                                       "model/, result.json", changes_result=False)
-    batch_size: int = doc(16, "prompts per step (each sampled group_size times)", ge=1)
     micro_batch_size: int = doc(32, "sequences per forward pass (packed into rows)", ge=1, changes_result=False)
-    group_size: int = doc(8, "samples per prompt (the group its advantages are relative to)", ge=2)
     rewards: list[str] = doc(["world"], "reward functions, summed: world (gold), rm:PATH (a reward model), or "
                                         "module:function taking (messages, response, meta)")
     reward_weights: list[float] = doc([], "one weight per reward (empty: all 1)")
-    advantage: Literal["grpo", "dr_grpo", "rloo"] = doc("grpo", "grpo (group-normalised), dr_grpo (no std), rloo "
-                                                                "(leave-one-out baseline)")
-    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = doc(
-        "token_mean", "token_mean (DAPO, TRL's default), sequence_mean (GRPO paper), constant (Dr. GRPO)")
-    beta: float = doc(0.04, "weight of the k3 KL to the reference in the loss (0: no reference model)", ge=0)
-    epsilon: float = doc(0.2, "ratio clip, lower side (and upper, unless epsilon_high)", gt=0, lt=1)
-    epsilon_high: float = doc(0.0, "ratio clip, upper side (0: epsilon; DAPO's clip-higher uses 0.28)", ge=0)
-    iterations: int = doc(1, "optimizer updates per batch of samples (TRL's num_iterations)", ge=1)
     temperature: float = doc(1.0, "sampling temperature", gt=0)
     top_p: float = doc(1.0, "sampling top-p", gt=0, le=1)
     max_new_tokens: int = doc(128, "generation budget per sample", ge=1)
@@ -95,6 +83,23 @@ class GRPOConfig(common.RunConfig):
                               "never); nothing is saved for that step, the last checkpoint is kept", ge=0)
     log_samples: int = doc(4, "samples of each step written to samples.jsonl (0: none)", ge=0,
                            changes_result=False)
+
+
+@dataclass
+class GRPOConfig(OnlineRLConfig):
+    prompts: GRPOPromptsConfig = section(GRPOPromptsConfig, "the prompts")
+    output_dir: str = doc("runs/grpo", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, samples.jsonl, "
+                                       "model/, result.json", changes_result=False)
+    batch_size: int = doc(16, "prompts per step (each sampled group_size times)", ge=1)
+    group_size: int = doc(8, "samples per prompt (the group its advantages are relative to)", ge=2)
+    advantage: Literal["grpo", "dr_grpo", "rloo"] = doc("grpo", "grpo (group-normalised), dr_grpo (no std), rloo "
+                                                                "(leave-one-out baseline)")
+    loss_aggregation: Literal["token_mean", "sequence_mean", "constant"] = doc(
+        "token_mean", "token_mean (DAPO, TRL's default), sequence_mean (GRPO paper), constant (Dr. GRPO)")
+    beta: float = doc(0.04, "weight of the k3 KL to the reference in the loss (0: no reference model)", ge=0)
+    epsilon: float = doc(0.2, "ratio clip, lower side (and upper, unless epsilon_high)", gt=0, lt=1)
+    epsilon_high: float = doc(0.0, "ratio clip, upper side (0: epsilon; DAPO's clip-higher uses 0.28)", ge=0)
+    iterations: int = doc(1, "optimizer updates per batch of samples (TRL's num_iterations)", ge=1)
 
 
 # --- rewards ---------------------------------------------------------------------------------------------------

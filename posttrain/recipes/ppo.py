@@ -70,6 +70,8 @@ from posttrain.models.forward import token_values
 from posttrain.models.load import load_tokenizer
 from posttrain.recipes import common
 from posttrain.recipes.grpo import (
+    GRPOPromptsConfig,
+    OnlineRLConfig,
     all_logps,
     check_kl,
     chunk_logps,
@@ -82,28 +84,19 @@ from posttrain.world import FAMILIES, sample_tasks
 from posttrain.world import score as world_score
 
 
-@dataclass
-class PPOPromptsConfig:
-    families: list[str] = doc(list(FAMILIES), "world families to train on (train split)")
-    pool: int = doc(2000, "train prompts in the run's pool (distinct within a family, balanced over the families)",
-                    ge=1)
+def ppo_prompts() -> GRPOPromptsConfig:
+    """PPO's prompts: every family of the world (a reward model scores any answer)."""
+    return GRPOPromptsConfig(families=list(FAMILIES))
 
 
 @dataclass
-class PPOConfig(common.RunConfig):
-    model: common.ModelConfig = section(common.ModelConfig, "the policy to train (usually the SFT model)")
-    optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule (policy and value model)")
-    lora: common.LoraConfig = section(common.LoraConfig, "LoRA (through peft); the reference is the base")
-    prompts: PPOPromptsConfig = section(PPOPromptsConfig, "the prompts")
+class PPOConfig(OnlineRLConfig):
+    prompts: GRPOPromptsConfig = section(ppo_prompts, "the prompts")
     output_dir: str = doc("runs/ppo", "run folder: config.yaml, metrics.jsonl, tb/, checkpoints/, samples.jsonl, "
                                       "model/, result.json", changes_result=False)
     batch_size: int = doc(16, "prompts per step (one sample each): the rollout batch", ge=1)
     mini_batch_size: int = doc(0, "samples per optimizer update (0: batch_size, one update per epoch)", ge=0)
-    micro_batch_size: int = doc(32, "sequences per forward pass (packed into rows)", ge=1, changes_result=False)
     ppo_epochs: int = doc(4, "passes over each rollout batch (TRL's num_ppo_epochs)", ge=1)
-    rewards: list[str] = doc(["world"], "reward functions, summed: world (gold), rm:PATH (a reward model), or "
-                                        "module:function taking (messages, response, meta)")
-    reward_weights: list[float] = doc([], "one weight per reward (empty: all 1)")
     value_model: str = doc("", "the value model's start (a reward model or causal LM folder; empty: the reward "
                                "model when the reward is one rm:PATH, else the policy with a new head)")
     shared: bool = doc(False, "one frozen base: policy and value model as two LoRA adapters on it, the reference "
@@ -121,15 +114,6 @@ class PPOConfig(common.RunConfig):
     ptx_data: str = doc("", "PPO-ptx: SFT data (any conversation format) whose LM loss joins every update")
     ptx_coef: float = doc(0.0, "PPO-ptx: weight of that LM loss (0: off)", ge=0)
     ptx_batch_size: int = doc(8, "PPO-ptx: examples per update", ge=1)
-    temperature: float = doc(1.0, "sampling temperature", gt=0)
-    top_p: float = doc(1.0, "sampling top-p", gt=0, le=1)
-    max_new_tokens: int = doc(128, "generation budget per sample", ge=1)
-    gen_batch_size: int = doc(64, "samples decoded together", ge=1, changes_result=False)
-    max_seq_len: int = doc(1024, "prompt + response tokens per sequence (longer prompts are refused)", ge=2)
-    max_kl: float = doc(0.0, "stop the run when a step's mean per-token KL to the reference exceeds this (0: "
-                              "never); nothing is saved for that step, the last checkpoint is kept", ge=0)
-    log_samples: int = doc(4, "samples of each step written to samples.jsonl (0: none)", ge=0,
-                           changes_result=False)
 
 
 # --- the value model ---------------------------------------------------------------------------------------------
