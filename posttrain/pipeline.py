@@ -130,11 +130,13 @@ def pipeline_grpo() -> GRPOConfig:
 def pipeline_ppo() -> PPOConfig:
     """`posttrain ppo`'s config with the pipeline's defaults: the rm stage's reward model as the reward (and the
     value model's start), every family of the world, a pool of 2,800 train prompts, 32 prompts a step in two
-    mini-batches of 16, two PPO epochs, 64 new tokens, lr 1e-4, beta 0.05, 200 steps (tried on eval seed 1;
-    docs/experiments/ppo-first-try.md)."""
+    mini-batches of 16, two PPO epochs, 64 new tokens, lr 1e-4, beta 0.5 (TRL's 0.05 lets this reward model be
+    hacked within 100 steps: gold -0.189 on eval seed 1; 0.5: -0.064; docs/experiments/ppo-first-try.md), 100
+    steps."""
     from posttrain.world import FAMILIES
 
-    cfg = PPOConfig(max_steps=200, batch_size=32, mini_batch_size=16, ppo_epochs=2, max_new_tokens=64, save_every=50)
+    cfg = PPOConfig(max_steps=100, batch_size=32, mini_batch_size=16, ppo_epochs=2, max_new_tokens=64, beta=0.5,
+                    save_every=50)
     cfg.prompts.families, cfg.prompts.pool = list(FAMILIES), 2800
     cfg.optim.lr, cfg.optim.warmup_steps = 1e-4, 5
     return cfg
