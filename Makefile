@@ -7,7 +7,7 @@ TORCH := torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lint bench bench-dpo bench-grpo bench-sampling base clean
+.PHONY: demo test lint bench bench-dpo bench-grpo bench-ppo bench-ppo-memory bench-sampling base clean
 
 $(BIN)/posttrain: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -51,6 +51,20 @@ bench-grpo:
 	benchmarks/.venv/bin/pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
 	benchmarks/.venv/bin/pip install -q -r benchmarks/requirements.txt -e . 2>&1 | grep -v "is ignored" || true
 	benchmarks/.venv/bin/python benchmarks/grpo_vs_trl.py --steps 8 --out runs/bench/grpo_vs_trl.json
+
+# Our PPO against TRL 1.12.0's PPOTrainer (its last release with one), in its own environment benchmarks/.venv-ppo;
+# the script runs from the project's .venv (posttrain's side is `posttrain ppo`). About 2 minutes on idle cores, plus
+# about 5 the first time (the SFT policy and the reward model, trained once).
+bench-ppo: $(BIN)/posttrain
+	test -x benchmarks/.venv-ppo/bin/python || $(PY) -m venv benchmarks/.venv-ppo
+	benchmarks/.venv-ppo/bin/pip install -q $(TORCH) 2>&1 | grep -v "is ignored" || true
+	benchmarks/.venv-ppo/bin/pip install -q -r benchmarks/requirements-ppo.txt 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python benchmarks/ppo_vs_trl.py --steps 8 --out runs/bench/ppo_vs_trl.json
+
+# PPO's peak memory (shared LoRA base, separate models) over SFT's, on a random-init 157M Llama: the project's
+# own environment is enough (no TRL).
+bench-ppo-memory: $(BIN)/posttrain
+	$(BIN)/python benchmarks/ppo_memory.py --out runs/bench/ppo_memory.json
 
 # posttrain's decode loop against model.generate: the project's own environment is enough.
 bench-sampling: $(BIN)/posttrain
