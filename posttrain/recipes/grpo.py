@@ -266,6 +266,21 @@ def impute_group_mean(reward: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.where(ok, g, mean.expand_as(g)).flatten()
 
 
+def prompt_pool(cfg):
+    """The run's tokenizer, renderer, prompt pool (the world's train split, distinct prompts of
+    `prompts.families`; a prompt that leaves no room for max_new_tokens is refused), its seeded order and the
+    number of steps."""
+    tok = load_tokenizer(cfg.model.path)
+    pool = sample_tasks(cfg.prompts.pool, "train", seed=cfg.seed, families=cfg.prompts.families, distinct=True)
+    renderer = Renderer(tok, cfg.max_seq_len)
+    too_long = [t for t in pool if len(renderer.prompt_ids(t.messages)) + cfg.max_new_tokens > cfg.max_seq_len]
+    if too_long:
+        raise UserError(f"max_seq_len={cfg.max_seq_len}: {len(too_long)} prompts + max_new_tokens do not fit")
+    stream = common.DataStream(len(pool), cfg.batch_size, cfg.seed)
+    max_steps = cfg.max_steps or math.ceil(cfg.epochs * len(pool) / cfg.batch_size)
+    return tok, renderer, pool, stream, max_steps
+
+
 def step_seed(seed: int, step: int) -> int:
     return seed * 1_000_003 + step
 
@@ -282,15 +297,8 @@ def main(cfg: GRPOConfig) -> dict:
         return run.result["metrics"]
 
     # Prompts and rewards.
-    tok = load_tokenizer(cfg.model.path)
-    pool = sample_tasks(cfg.prompts.pool, "train", seed=cfg.seed, families=cfg.prompts.families, distinct=True)
-    renderer = Renderer(tok, cfg.max_seq_len)
-    too_long = [t for t in pool if len(renderer.prompt_ids(t.messages)) + cfg.max_new_tokens > cfg.max_seq_len]
-    if too_long:
-        raise UserError(f"max_seq_len={cfg.max_seq_len}: {len(too_long)} prompts + max_new_tokens do not fit")
+    tok, renderer, pool, stream, max_steps = prompt_pool(cfg)
     weights = cfg.reward_weights or [1.0] * len(cfg.rewards)
-    stream = common.DataStream(len(pool), cfg.batch_size, cfg.seed)
-    max_steps = cfg.max_steps or math.ceil(cfg.epochs * len(pool) / cfg.batch_size)
 
     # Policy, reference (the starting model: a frozen copy, or the base with LoRA adapters off), optimizer.
     model = common.build_model(cfg.model, cfg.lora, cfg.compile)

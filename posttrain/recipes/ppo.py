@@ -76,11 +76,12 @@ from posttrain.recipes.grpo import (
     check_kl,
     chunk_logps,
     compute_rewards,
+    prompt_pool,
     resolve_reward,
     step_seed,
 )
 from posttrain.rollout.generate import generate, samples_batch
-from posttrain.world import FAMILIES, sample_tasks
+from posttrain.world import FAMILIES
 from posttrain.world import score as world_score
 
 
@@ -430,15 +431,8 @@ def main(cfg: PPOConfig) -> dict:
         return run.result["metrics"]
 
     # Prompts, PPO-ptx data.
-    tok = load_tokenizer(cfg.model.path)
-    pool = sample_tasks(cfg.prompts.pool, "train", seed=cfg.seed, families=cfg.prompts.families, distinct=True)
-    renderer = Renderer(tok, cfg.max_seq_len)
-    too_long = [t for t in pool if len(renderer.prompt_ids(t.messages)) + cfg.max_new_tokens > cfg.max_seq_len]
-    if too_long:
-        raise UserError(f"max_seq_len={cfg.max_seq_len}: {len(too_long)} prompts + max_new_tokens do not fit")
+    tok, renderer, pool, stream, max_steps = prompt_pool(cfg)
     weights = cfg.reward_weights or [1.0] * len(cfg.rewards)
-    stream = common.DataStream(len(pool), cfg.batch_size, cfg.seed)
-    max_steps = cfg.max_steps or math.ceil(cfg.epochs * len(pool) / cfg.batch_size)
     updates = cfg.ppo_epochs * (cfg.batch_size // mb)
     ptx = load_ptx(cfg, renderer) if cfg.ptx_coef > 0 else []
     ptx_stream = common.DataStream(len(ptx), cfg.ptx_batch_size, cfg.seed + 1) if ptx else None
