@@ -62,7 +62,7 @@ bench-ppo: $(BIN)/posttrain
 	$(BIN)/python benchmarks/ppo_vs_trl.py --steps 8 --out runs/bench/ppo_vs_trl.json
 
 # PPO's peak memory (shared LoRA base, separate models) over SFT's, on a random-init 157M Llama: the project's
-# own environment is enough (no TRL).
+# own environment is enough (no TRL). About 8 minutes on 2 quiet cores.
 bench-ppo-memory: $(BIN)/posttrain
 	$(BIN)/python benchmarks/ppo_memory.py --out runs/bench/ppo_memory.json
 

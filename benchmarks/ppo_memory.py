@@ -64,6 +64,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -362,12 +363,25 @@ def main() -> None:
     modes = [m for m in args.modes.split(",") if m]
     if unknown := [m for m in modes if m not in BASELINE]:
         raise SystemExit(f"unknown mode(s) {unknown}; choose from {', '.join(BASELINE)}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(f"ppo_memory: terminated (SIGTERM) at {time.ctime()}"))
     t_all = time.perf_counter()
     paths = prepare(Path(args.cache).resolve(), args)
     bare = bare_baseline()
     print(f"model: random-init Llama, {paths['params'] / 1e6:.1f}M parameters ({SIZE}), fp32; bare `import torch, "
           f"transformers`: {bare:.0f} MiB", flush=True)
     results: dict[str, dict] = {}
+
+    def save(ratio: float, done: bool) -> None:
+        if not args.out:
+            return
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({
+            "settings": {k: v for k, v in vars(args).items() if k != "worker"} | {"size": SIZE},
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+            "model": paths, "bare_import_mb": round(bare, 1), "results": results, "ratio": ratio, "complete": done,
+            "wall_s": round(time.perf_counter() - t_all), "machine": platform.processor() or platform.machine(),
+            "loadavg_end": os.getloadavg()}, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="ppo_memory_") as work:
         for mode in modes:
             out, res = f"{work}/{mode}", f"{work}/{mode}.json"
@@ -385,6 +399,7 @@ def main() -> None:
             results[mode] = r
             print(f"[{mode}: {time.perf_counter() - t:.0f} s, peak {r['peak_mb']:.0f} MiB (load {r['load_peak_mb']:.0f}, "
                   f"train {r['train_peak_mb']:.0f}, save {r['save_peak_mb']:.0f})]", flush=True)
+            save(float("nan"), False)   # so far: a run stopped halfway keeps what it measured
 
     print(f"\n{args.batch} sequences a step ({args.families} prompts + {args.new_tokens} tokens: "
           f"{paths['seq_len_min']}-{paths['seq_len_max']} tokens), one forward pass per batch, {args.steps} steps, "
@@ -406,14 +421,7 @@ def main() -> None:
               f"{r['wall_s']:>8.0f}")
     print_phases(results)
     ratio = results.get("ppo_shared", {}).get("ratio", float("nan"))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({
-            "settings": {k: v for k, v in vars(args).items() if k != "worker"} | {"size": SIZE},
-            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-            "model": paths, "bare_import_mb": round(bare, 1), "results": results, "ratio": ratio,
-            "wall_s": round(time.perf_counter() - t_all), "machine": platform.processor() or platform.machine(),
-            "loadavg_end": os.getloadavg()}, indent=2))
+    save(ratio, True)
     print(f"ratio: {ratio:.2f}")
 
 
