@@ -150,8 +150,8 @@ def test_shared_mode_keeps_one_base_and_trains_both_adapters(model_dir, tmp_path
     seen = {}
     real = ppo.SharedAdapters.__init__
 
-    def spy(self, model, lora):
-        real(self, model, lora)
+    def spy(self, model):
+        real(self, model)
         seen["start"] = {n: p.detach().clone() for n, p in model.named_parameters()}
         real_delete = model.delete_adapter
 

@@ -238,11 +238,15 @@ def update_loss(cfg: GRPOConfig, model, acc, b: Rollouts, pad_id: int, sums: dic
                      global_sequences=len(b.samples), max_tokens=cfg.max_new_tokens)
 
 
-def check_settings(cfg: GRPOConfig) -> None:
+def check_rewards(cfg: OnlineRLConfig) -> None:
     if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.rewards):
         raise UserError(f"reward_weights: {len(cfg.reward_weights)} weights for {len(cfg.rewards)} rewards")
     if not cfg.rewards:
-        raise UserError("rewards: give at least one (e.g. rewards=world)")
+        raise UserError("rewards: give at least one (e.g. rewards=world or rewards=rm:runs/rm/model)")
+
+
+def check_settings(cfg: GRPOConfig) -> None:
+    check_rewards(cfg)
     if cfg.epsilon_high and cfg.epsilon_high < cfg.epsilon:
         raise UserError(f"epsilon_high ({cfg.epsilon_high}) is below epsilon ({cfg.epsilon})")
 

@@ -30,7 +30,8 @@ RLHF with PPO", where they agree; where they differ it says so):
   values read at every response position through its body and its `score` head) and the reward model: four
   models. Shared (`shared=true`, needs `lora.enabled`): one frozen base; the policy is LoRA adapter `default`,
   the value model LoRA adapter `value` plus a linear head (zero-initialised) on the same base, and the reference
-  is the base with adapters off; a reward model stays its own model (or a function).
+  is the base with adapters off; a LoRA reward model (`posttrain rm lora.enabled=true`'s adapter/ folder on the
+  same base) loads as a third adapter, any other reward model stays its own model (or a function).
 - Metrics with TRL's PPO names: objective/kl (summed per sample, mean over samples), objective/entropy (summed
   -log p of the sampled tokens), objective/non_score_reward, objective/rlhf_reward, objective/scores,
   policy/approxkl_avg, policy/clipfrac_avg, loss/policy_avg, loss/value_avg, val/clipfrac_avg,
@@ -74,6 +75,7 @@ from posttrain.recipes.grpo import (
     OnlineRLConfig,
     all_logps,
     check_kl,
+    check_rewards,
     chunk_logps,
     compute_rewards,
     prompt_pool,
@@ -126,7 +128,7 @@ class SharedAdapters:
     peft's `set_adapter` freezes every adapter but the active one; the policy and the value adapters stay trainable
     here whichever is active (an update trains both)."""
 
-    def __init__(self, model, lora: common.LoraConfig):
+    def __init__(self, model):
         self.model = model
         self.add("value")
         self.trainable = [p for n, p in model.named_parameters() if "lora_" in n]
@@ -260,10 +262,7 @@ def response_mask(samples: list[dict], keep: torch.Tensor, width: int) -> torch.
 
 
 def check_settings(cfg: PPOConfig) -> None:
-    if cfg.reward_weights and len(cfg.reward_weights) != len(cfg.rewards):
-        raise UserError(f"reward_weights: {len(cfg.reward_weights)} weights for {len(cfg.rewards)} rewards")
-    if not cfg.rewards:
-        raise UserError("rewards: give at least one (e.g. rewards=rm:runs/rm/model)")
+    check_rewards(cfg)
     if cfg.shared and not cfg.lora.enabled:
         raise UserError("shared=true puts the policy and the value model on one base as LoRA adapters: set "
                         "lora.enabled=true")
@@ -300,7 +299,7 @@ class Models:
     def __init__(self, cfg: PPOConfig, acc, pad_id: int):
         self.cfg, self.acc, self.pad_id = cfg, acc, pad_id
         model = common.build_model(cfg.model, cfg.lora, cfg.compile)
-        self.adapters = SharedAdapters(model, cfg.lora) if cfg.shared else None
+        self.adapters = SharedAdapters(model) if cfg.shared else None
         self.ref = copy.deepcopy(model).eval().requires_grad_(False) if not cfg.lora.enabled else None
         if self.adapters is not None:
             value = torch.nn.Linear(model.config.hidden_size, 1, bias=False)
@@ -499,10 +498,10 @@ def main(cfg: PPOConfig) -> dict:
         batch = Rollouts(samples, mask, old, values, adv, returns)
         order = torch.Generator().manual_seed(step_seed(cfg.seed, step))
         sums = dict.fromkeys(("pg", "vf", "entropy", "clipfrac", "approxkl", "ratio", "vf_clipfrac", "ptx"), 0.0)
-        for u in range(updates):
-            if u % (updates // cfg.ppo_epochs) == 0:
-                perm = torch.randperm(len(samples), generator=order).tolist()
-            idx = perm[u % (updates // cfg.ppo_epochs) * mb:][:mb]
+        plan = [perm[s:s + mb] for _ in range(cfg.ppo_epochs)
+                for perm in [torch.randperm(len(samples), generator=order).tolist()]
+                for s in range(0, len(samples), mb)]
+        for u, idx in enumerate(plan):
             items = [("ppo", c) for c in common.shard(idx, acc.process_index, acc.num_processes, cfg.micro_batch_size)]
             if ptx_stream is not None:
                 items += [("ptx", c) for c in common.shard(ptx_stream.step_units(step * updates + u),
