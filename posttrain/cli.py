@@ -8,9 +8,12 @@
     posttrain kto model=SFT_MODEL data=UNPAIRED output_dir=DIR [beta=0.1 desirable_weight=1.0 undesirable_weight=1.0]
     posttrain data check FILE [--model PATH] [--json]
     posttrain generate --model PATH --prompt TEXT [--prompt TEXT ...]
+    posttrain serve --model PATH [--port 8000] [--host 127.0.0.1] [--max-batch 32] [--max-tokens 512]
     posttrain merge --adapter DIR --out DIR
     posttrain eval world --model PATH [--raw] [--n 300] [--seed S] [--out FILE]
     posttrain eval compare A.json B.json
+    posttrain eval winrate --annotations FILE [--bootstrap 1000] [--json]
+    posttrain arena ratings --battles FILE [--bootstrap 1000] [--anchor MODEL] [--json]
     posttrain world sft-data --kind curated|noisy --n N --out FILE
     posttrain world corpus --n N --out FILE
     posttrain world tasks --split train|test --n N [--family F ...] [--json]
@@ -44,7 +47,7 @@ RECIPES = {
     "ppo": ("posttrain.recipes.ppo", "PPOConfig"),
     "pipeline": ("posttrain.pipeline", "PipelineConfig"),
 }
-COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs", "bon", "sweep"]
+COMMANDS = [*RECIPES, "data", "generate", "merge", "init-model", "eval", "world", "prefs", "bon", "sweep", "arena", "serve"]
 
 
 def _recipe(name: str, argv: list[str]) -> int:
@@ -159,13 +162,26 @@ def _init_model(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("world", "compare"):
+    if not argv or argv[0] not in ("world", "compare", "winrate"):
         raise UserError("usage: posttrain eval world --model PATH [--n 300] [--seed S] [--split test] "
                         "[--family NAME] [--raw] [--out FILE] [--max-new-tokens 128] [--batch-size 16]; "
-                        "or posttrain eval compare A.json B.json [--json]")
+                        "posttrain eval compare A.json B.json [--json]; "
+                        "or posttrain eval winrate --annotations FILE [--bootstrap N] [--json]")
+    if argv[0] == "winrate":
+        from posttrain.eval.winrate import winrate_cli
+
+        return winrate_cli(argv[1:])
     from posttrain.eval.world import eval_compare_cli, eval_world_cli
 
     return (eval_world_cli if argv[0] == "world" else eval_compare_cli)(argv[1:])
+
+
+def _arena(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("ratings",):
+        raise UserError("usage: posttrain arena ratings --battles FILE [--bootstrap N] [--anchor MODEL] [--json]")
+    from posttrain.eval.arena import ratings_cli
+
+    return ratings_cli(argv[1:])
 
 
 def _world(argv: list[str]) -> int:
@@ -186,6 +202,12 @@ def _bon(argv: list[str]) -> int:
     return bon_main(argv)
 
 
+def _serve(argv: list[str]) -> int:
+    from posttrain.rollout.serve import serve_main
+
+    return serve_main(argv)
+
+
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__.strip())
@@ -202,7 +224,7 @@ def run(argv: list[str]) -> int:
     if cmd in RECIPES:
         return _recipe(cmd, rest)
     handlers = {"data": _data, "generate": _generate, "merge": _merge, "init-model": _init_model, "eval": _eval,
-                "world": _world, "prefs": _prefs, "bon": _bon}
+                "world": _world, "prefs": _prefs, "bon": _bon, "arena": _arena, "serve": _serve}
     if cmd not in handlers:
         raise UserError(f"unknown command '{cmd}'{did_you_mean(cmd, COMMANDS)}; commands: {', '.join(COMMANDS)}")
     return handlers[cmd](rest)

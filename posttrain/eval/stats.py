@@ -71,3 +71,61 @@ def paired_bootstrap(a: Sequence[float], b: Sequence[float], strata: Sequence | 
         raise ValueError(f"paired_bootstrap needs two lists of the same length, got {len(x)} and {len(y)}")
     lo, hi = bootstrap_ci(y - x, strata, n_boot, seed, level)
     return {"diff": float(y.mean() - x.mean()), "lo": lo, "hi": hi}
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float = 0.0, max_iter: int = 200,
+                 tol: float = 1e-10) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood logistic regression, batched over replicates: (beta (B, D), converged (B,)).
+
+    Rows r = 1..R with features `x` ((R, D), or (B, R, D) when each replicate has its own), targets `y` in
+    [0, 1] ((R,) or (B, R): a soft target y counts as y of a success and 1 - y of a failure) and weights `w`
+    ((B, R): how many times row r is in replicate b; a bootstrap replicate is its multinomial counts). Each
+    replicate maximises sum_r w_r [y_r log s(x_r.beta) + (1 - y_r) log(1 - s(x_r.beta))] - ridge/2 |beta|^2
+    (s the logistic function) by Newton's method from beta = 0, halving a step until the objective does not
+    fall. `converged` is False where the step still moved beta by more than `tol` after `max_iter` steps or
+    beta left |beta| <= 40 (probabilities past 1e-17): separable data, whose maximum lies at infinity."""
+    w = np.atleast_2d(np.asarray(w, dtype=float))
+    b_count, rows = w.shape
+    x = np.broadcast_to(np.asarray(x, dtype=float), (b_count, rows, np.shape(x)[-1]))
+    y = np.broadcast_to(np.asarray(y, dtype=float), (b_count, rows))
+    dim = x.shape[-1]
+
+    def objective(beta):
+        z = np.einsum("brd,bd->br", x, beta)
+        # log s(z) = -log(1 + e^-z), log(1 - s(z)) = -log(1 + e^z), both computed without overflow
+        ll = -(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z))
+        return (w * ll).sum(1) - 0.5 * ridge * (beta**2).sum(1), z
+
+    beta = np.zeros((b_count, dim))
+    value, z = objective(beta)
+    done = np.zeros(b_count, dtype=bool)
+    for _ in range(max_iter):
+        p = 1 / (1 + np.exp(-z))
+        grad = np.einsum("brd,br->bd", x, w * (y - p)) - ridge * beta
+        hess = np.einsum("brd,br,bre->bde", x, w * p * (1 - p), x) + ridge * np.eye(dim)
+        step = np.linalg.solve(hess + 1e-12 * np.eye(dim), grad[..., None])[..., 0]
+        step[done] = 0
+        scale = np.ones(b_count)
+        for _ in range(40):
+            new_value, new_z = objective(beta + scale[:, None] * step)
+            worse = new_value < value - 1e-12 * np.abs(value)
+            if not worse.any():
+                break
+            scale[worse] /= 2
+        beta = beta + scale[:, None] * step
+        value, z = objective(beta)
+        done |= np.abs(scale[:, None] * step).max(1) < tol
+        if done.all() or (np.abs(beta).max(1) > 40).all():
+            break
+    converged = done & (np.abs(beta).max(1) <= 40)
+    return beta, converged
+
+
+def format_skipped(skipped: list[dict], what: str, show: int = 5) -> str:
+    """One line per shown skipped row, after a count: what a user reads under a table."""
+    if not skipped:
+        return ""
+    lines = [f"skipped {len(skipped)} {what}:"] + [f"  {s['where']}: {s['reason']}" for s in skipped[:show]]
+    if len(skipped) > show:
+        lines.append(f"  ... and {len(skipped) - show} more")
+    return "\n".join(lines)

@@ -26,6 +26,33 @@ def chat_prompt(user: str, system: str = "") -> list[Message]:
     return ([Message("system", system)] if system else []) + [Message("user", user)]
 
 
+class ChatCodec:
+    """What sampling needs from a tokenizer, shared by `generate` and `rollout/serve.py`: a prompt's token ids
+    (the chat template as `Renderer.prompt_ids` applies it, or with `raw` the plain text), the stop ids, the pad
+    id, and a response's text (`response`: without the stop token and without the `prefix` the chat template
+    writes before every response)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, raw: bool = False):
+        self.tokenizer, self.raw = tokenizer, raw
+        self.renderer = Renderer(tokenizer, max_seq_len=10**9)
+        self.stop_ids = self.renderer.stop_token_ids()
+        self.prefix = "" if raw else self.renderer.response_prefix()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    def prompt_ids(self, prompt: list[Message] | str) -> list[int]:
+        if self.raw:
+            text = prompt if isinstance(prompt, str) else "\n".join(m.content for m in prompt)
+            return self.tokenizer(text).input_ids
+        return self.renderer.prompt_ids(chat_prompt(prompt) if isinstance(prompt, str) else prompt)
+
+    def response(self, token_ids: list[int], stopped: bool) -> dict:
+        """`generate`'s `text`, `ids`, `stopped` and `token_ids` of one row of new tokens (the stop token
+        included when `stopped`)."""
+        r = _result(self.tokenizer, token_ids, stopped, None)
+        r["text"] = r["text"].removeprefix(self.prefix)
+        return r
+
+
 @torch.no_grad()
 def generate(
     model: PreTrainedModel,
@@ -73,18 +100,9 @@ def generate(
         raise UserError(f"generate: temperature must be >= 0, got {temperature}")
     if not 0 < top_p <= 1:
         raise UserError(f"generate: top_p must be in (0, 1], got {top_p}")
-    renderer = Renderer(tokenizer, max_seq_len=10**9)
-    stop_ids = renderer.stop_token_ids()
-    prefix = "" if raw else renderer.response_prefix()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
-    encoded = []
-    for p in prompts:
-        if raw:
-            text = p if isinstance(p, str) else "\n".join(m.content for m in p)
-            ids = tokenizer(text).input_ids
-        else:
-            ids = renderer.prompt_ids(chat_prompt(p) if isinstance(p, str) else p)
-        encoded.append(ids)
+    codec = ChatCodec(tokenizer, raw)
+    stop_ids, pad_id = codec.stop_ids, codec.pad_id
+    encoded = [codec.prompt_ids(p) for p in prompts]
     rows = [(i, s) for i in range(len(encoded)) for s in range(n)]  # a prompt's n samples are adjacent rows
     was_training = model.training
     model.eval()
@@ -108,7 +126,7 @@ def generate(
     bar.close()
     model.train(was_training)
     for r, (i, s) in zip(results, rows):
-        r["text"] = r["text"].removeprefix(prefix)  # the template's text before every response is not the model's
+        r["text"] = r["text"].removeprefix(codec.prefix)  # the template's text before every response is not the model's
         r.update(prompt_ids=list(encoded[i]), prompt_index=i, sample_index=s)
     return results
 
