@@ -12,8 +12,11 @@
     posttrain merge --adapter DIR --out DIR
     posttrain eval world --model PATH [--raw] [--n 300] [--seed S] [--out FILE]
     posttrain eval compare A.json B.json
+    posttrain eval ifeval --model PATH [--n 300] [--seed S] [--json] [--out FILE]
+    posttrain eval two-turn --model PATH [--n 300] [--seed S] [--json] [--out FILE]
     posttrain eval winrate --annotations FILE [--bootstrap 1000] [--json]
     posttrain arena ratings --battles FILE [--bootstrap 1000] [--anchor MODEL] [--json]
+    posttrain arena --models a=PATH,b=PATH --judge gold|annotator:NAME|rm:PATH|llm:PATH|http:URL [--n 140] [--out DIR]
     posttrain world sft-data --kind curated|noisy --n N --out FILE
     posttrain world corpus --n N --out FILE
     posttrain world tasks --split train|test --n N [--family F ...] [--json]
@@ -162,11 +165,21 @@ def _init_model(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("world", "compare", "winrate"):
+    if not argv or argv[0] not in ("world", "compare", "winrate", "ifeval", "two-turn"):
         raise UserError("usage: posttrain eval world --model PATH [--n 300] [--seed S] [--split test] "
                         "[--family NAME] [--raw] [--out FILE] [--max-new-tokens 128] [--batch-size 16]; "
                         "posttrain eval compare A.json B.json [--json]; "
+                        "posttrain eval ifeval --model PATH [--n 300] [--seed S] [--json] [--out FILE]; "
+                        "posttrain eval two-turn --model PATH [--n 300] [--seed S] [--json] [--out FILE]; "
                         "or posttrain eval winrate --annotations FILE [--bootstrap N] [--json]")
+    if argv[0] == "ifeval":
+        from posttrain.eval.ifeval import eval_ifeval_cli
+
+        return eval_ifeval_cli(argv[1:])
+    if argv[0] == "two-turn":
+        from posttrain.eval.multiturn import eval_two_turn_cli
+
+        return eval_two_turn_cli(argv[1:])
     if argv[0] == "winrate":
         from posttrain.eval.winrate import winrate_cli
 
@@ -177,11 +190,13 @@ def _eval(argv: list[str]) -> int:
 
 
 def _arena(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("ratings",):
-        raise UserError("usage: posttrain arena ratings --battles FILE [--bootstrap N] [--anchor MODEL] [--json]")
-    from posttrain.eval.arena import ratings_cli
+    if argv[:1] == ["ratings"]:
+        from posttrain.eval.arena import ratings_cli
 
-    return ratings_cli(argv[1:])
+        return ratings_cli(argv[1:])
+    from posttrain.eval.battles import arena_main
+
+    return arena_main(argv)
 
 
 def _world(argv: list[str]) -> int:

@@ -226,6 +226,17 @@ _MT_WEIGHTS = {"upper": ("same_items", "all_caps"), "reverse": ("reversed_order"
                "only_k": ("from_previous", "count")}  # (0.6 check, 0.4 check)
 
 
+def _follow_up_reference(op: str, prev: list[str], k: int) -> str:
+    """The follow-up's reference answer: `op` applied to the previous list `prev`."""
+    if op == "upper":
+        return ", ".join(prev).upper() + "."
+    if op == "reverse":
+        return ", ".join(prev[::-1]).capitalize() + "."
+    if op == "numbered":
+        return "\n".join(f"{i}. {x.capitalize()}" for i, x in enumerate(prev, 1))
+    return ", ".join(prev[:1 if op == "first" else k]).capitalize() + "."  # first, only_k
+
+
 class MultiTurn:
     """A follow-up turn that transforms the assistant's previous list ("List N CATEGORY" first).
 
@@ -235,6 +246,9 @@ class MultiTurn:
     `same_items` / `numbered` (exactly N lines numbered 1..N); first: `correct_item` / `only_one`;
     only_k ("keep only K of them"): `from_previous` (items exist and all are previous items) / `count`.
     gold = uses_previous * (0.6 * main + 0.4 * form).
+
+    The first turn is a `list_n` task (`first_turn`); `follow_up` puts another first answer (a model's own)
+    in the history and checks the follow-up against that answer's list.
     """
 
     name = "multi_turn"
@@ -248,10 +262,8 @@ class MultiTurn:
         messages = [user(_LIST_TEMPLATES.pick(rng, split).format(n=n, cat=category)),
                     Message("assistant", ", ".join(prev).capitalize() + "."),
                     user(_FOLLOW_UPS[op].pick(rng, split).format(k=k))]
-        reference = {"upper": ", ".join(prev).upper() + ".", "reverse": ", ".join(prev[::-1]).capitalize() + ".",
-                     "numbered": "\n".join(f"{i}. {x.capitalize()}" for i, x in enumerate(prev, 1)),
-                     "first": prev[0].capitalize() + ".", "only_k": ", ".join(prev[:k]).capitalize() + "."}[op]
-        return make_task(self.name, messages, {"op": op, "previous": prev, "k": k}, reference)
+        meta = {"op": op, "previous": prev, "k": k, "category": category}
+        return make_task(self.name, messages, meta, _follow_up_reference(op, prev, k))
 
     def score(self, meta: dict, response: str, stopped: bool = True) -> Score:
         prev, got, rows = meta["previous"], items(response), lines(response)
@@ -267,3 +279,22 @@ class MultiTurn:
         checks = {"uses_previous": any(x in prev for x in got), main: checks[main], side: checks[side]}
         gold = checks["uses_previous"] * (0.6 * checks[main] + 0.4 * checks[side])
         return finish(gold, checks, response, meta, stopped)
+
+
+def first_turn(task: Task) -> Task:
+    """The first turn of a `multi_turn` task as the `list_n` task it is: the user's "List N CATEGORY" alone
+    (meta `n`, `category`), its reference the assistant turn the task holds, which `ListN` scores 1.0."""
+    meta = {"n": len(task.meta["previous"]), "category": task.meta["category"]}
+    return make_task(ListN.name, task.messages[:1], meta, task.messages[1].content)
+
+
+def follow_up(task: Task, answer: str) -> Task:
+    """The `multi_turn` task with `answer` as the assistant's first turn instead of the reference one: the
+    previous list is `answer`'s items (`text.items`, as the verifier reads a list), the reference is the
+    follow-up applied to them (so the rambling check measures against it). The task's own first answer gives
+    the task back."""
+    prev = items(answer)
+    messages = [task.messages[0], Message("assistant", answer), *task.messages[2:]]
+    meta = {k: v for k, v in task.meta.items() if k != "ref_chars"}
+    return make_task(task.family, messages, {**meta, "previous": prev},
+                     _follow_up_reference(task.meta["op"], prev, task.meta["k"]))
