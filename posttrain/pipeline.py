@@ -62,6 +62,15 @@ class PipelineEvalConfig:
                           ge=0)
 
 
+@dataclass
+class PipelineArenaConfig:
+    enabled: bool = doc(True, "battles between every two evaluated models on the evaluation's prompts and answers, "
+                              "then Bradley-Terry ratings (no generation: the eval stage's answers are judged)")
+    judges: list[str] = doc(["gold", "rm"], "who judges: gold (the world's verifier), rm (the rm stage's reward "
+                                            "model, when it ran), annotator:NAME (a simulated annotator)")
+    bootstrap: int = doc(1000, "bootstrap replicates of the ratings' intervals", ge=1)
+
+
 def pipeline_sft() -> SFTConfig:
     """`posttrain sft`'s config with the pipeline's defaults: 40 steps (about 4 epochs of the 1k curated
     examples) at lr 5e-4, 16 packed rows of 256 tokens a step, 5% held out for the eval loss."""
@@ -193,6 +202,8 @@ class PipelineConfig:
     bon: PipelineBonConfig = section(PipelineBonConfig, "the best-of-n stage: the SFT policy's samples picked by "
                                                         "the reward model, against gold")
     eval: PipelineEvalConfig = section(PipelineEvalConfig, "the evaluation stage")
+    arena: PipelineArenaConfig = section(PipelineArenaConfig, "the arena stage: round-robin battles between the "
+                                                              "evaluated models, judged in both orders")
 
 
 # --- the stages -----------------------------------------------------------------------------------------------
@@ -473,6 +484,50 @@ def _eval_done(ctx: Context) -> bool:
     return all(_eval_path(ctx, name).exists() for name in ctx.models()) and not _needs_kl(ctx)
 
 
+def _arena_judges(ctx: Context) -> dict[str, str]:
+    """The arena's judges by folder name -> judge spec; `rm` only when the rm stage has a model."""
+    out = {}
+    for j in ctx.cfg.arena.judges:
+        if j == "rm":
+            if ctx.results.get("rm"):
+                out["rm"] = f"rm:{ctx.results['rm']['reward_model']}"
+        else:
+            out[j.replace(":", "_")] = j
+    return out
+
+
+def _arena_settings(ctx: Context) -> PipelineArenaConfig:
+    return ctx.cfg.arena
+
+
+def run_arena_stage(ctx: Context, s: PipelineArenaConfig) -> dict:
+    """Every two evaluated models battle on the evaluation's prompts, with the answers the eval stage kept
+    (`eval/NAME.json` samples), for each judge."""
+    from posttrain.eval.battles import format_judge, run_arena
+    from posttrain.world import sample_tasks
+
+    answers = {}
+    tasks = sample_tasks(ctx.cfg.eval.n, split="test", seed=ctx.cfg.eval.seed, distinct=True)
+    for name in ctx.models():
+        samples = json.loads(_eval_path(ctx, name).read_text())["samples"]
+        if [x.get("prompt_text", x["prompt"]) for x in samples] != [t.prompt_text() for t in tasks]:
+            raise RuntimeError(f"arena: eval/{name}.json was made on other prompts than eval.n/eval.seed draw")
+        answers[name] = [{"text": x["response"], "stopped": x["stopped"]} for x in samples]
+    out = {}
+    for folder, spec in _arena_judges(ctx).items():
+        print(f"pipeline: arena of {len(answers)} models judged by {spec}")
+        result = run_arena([], spec, ctx.out / "arena" / folder, n=ctx.cfg.eval.n, seed=ctx.cfg.eval.seed,
+                           n_boot=s.bootstrap, answers=answers)
+        print("pipeline: " + format_judge(result["judge_report"]))
+        out[folder] = str(ctx.out / "arena" / folder / "leaderboard.json")
+    return {"judges": out, "models": list(answers)}
+
+
+def _arena_done(ctx: Context) -> bool:
+    r = ctx.results.get("arena")
+    return bool(r) and r.get("models") == list(ctx.models()) and set(r.get("judges", {})) == set(_arena_judges(ctx))
+
+
 def _rl(cfg: PipelineConfig) -> bool:
     return cfg.rl
 
@@ -529,6 +584,9 @@ STAGES: list[Stage] = [
           curves=("objective/scores", "gold", "objective/kl", "completions/mean_length"), compare_to="sft"),
     Stage("eval", "`posttrain eval world` of the base (raw prompts) and of every trained model, on the same "
                   "held-out prompts", _eval_settings, run_eval, done=_eval_done),
+    Stage("arena", "round-robin battles between the evaluated models on the evaluation's answers, judged in both "
+                   "orders by gold and the reward model, and their Bradley-Terry ratings", _arena_settings,
+          run_arena_stage, needs=("eval",), enabled=lambda cfg: cfg.arena.enabled, done=_arena_done),
 ]
 
 
@@ -681,6 +739,35 @@ def section_bon(ctx: Context):
     return Section("Best-of-n", table + png_html(Path(r["plot"]).read_bytes(), "best-of-n"), note)
 
 
+def section_arena(ctx: Context):
+    """The arena's leaderboard for each judge, with the judge's own numbers and the ratings' plot."""
+    from posttrain.report.html import Section, png_html, simple_table
+
+    r = ctx.results.get("arena")
+    if not r:
+        return None
+    html = []
+    for path in r["judges"].values():
+        board = json.loads(Path(path).read_text())
+        j = board["judge_report"]
+        rows = [[str(m["rank"]), m["model"], f"{m['rating']:.0f}", f"[{m['lo']:.0f}, {m['hi']:.0f}]",
+                 str(m["battles"]), m["wins"] / m["battles"] if m["battles"] else None] for m in board["models"]]
+        html.append(f"<h3>judge: {board['judge']}</h3>")
+        html.append(simple_table(["rank", "model", "rating", "95% interval", "battles", "win share"], rows))
+        facts = [f"swap consistency {j['swap_consistency']:.3f}" if j["swap_consistency"] is not None else "",
+                 f"first-position preference {j['first_position']:.3f}" if j["first_position"] is not None else "",
+                 f"agreement with gold {j['agreement']:.3f}, kappa {j['kappa']:.3f}"
+                 if j.get("agreement") is not None and j.get("kappa") is not None else "",
+                 f"{board['unreadable']} unreadable verdicts left out" if board["unreadable"] else ""]
+        html.append(f"<p>{'; '.join(f for f in facts if f)}.</p>")
+        html.append(png_html((Path(path).parent / "arena.png").read_bytes(), f"arena, {board['judge']}"))
+    note = ("Every two models answer the same held-out prompts (the evaluation's answers); the judge sees each pair "
+            "in both orders, a disagreement is a tie. Bradley-Terry by maximum likelihood (mean 1000, 400 points "
+            "per factor of 10 in odds), 95% bootstrap intervals over battles; rank = 1 + models whose interval "
+            "lies wholly above.")
+    return Section("Arena", "\n".join(html), note)
+
+
 def section_probes(ctx: Context):
     from posttrain.report.html import Section, probes_table
 
@@ -725,7 +812,8 @@ def section_curves(ctx: Context):
 
 
 SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_family_changes,
-                                            section_gold_kl, section_preferences, section_reward_model, section_bon, section_probes,
+                                            section_gold_kl, section_arena, section_preferences, section_reward_model,
+                                            section_bon, section_probes,
                                             section_example, section_curves]
 
 

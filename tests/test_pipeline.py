@@ -89,6 +89,9 @@ def test_compare_noisy_added_to_a_finished_run_runs_only_the_new_stages(model_di
     assert (out / "sft_noisy" / "model" / "config.json").exists()
     assert set(summary["differences"]) == {"sft - base", "sft_noisy - base", "sft_noisy - sft"}
     assert "<th>sft_noisy</th>" in (out / "report.html").read_text()
+    # the arena ran again for the new model, on the answers the evaluation kept
+    board = json.loads((out / "arena" / "gold" / "leaderboard.json").read_text())
+    assert {m["model"] for m in board["models"]} == {"base", "sft", "sft_noisy"}
 
 
 def test_a_finished_stage_with_other_settings_is_refused_before_any_work(model_dir, tmp_path):
@@ -223,8 +226,17 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     assert rm_cfg["data"]["eval_path"] == str(out / "prefs" / "test.jsonl") and rm_cfg["max_steps"] == 2
     bon = json.loads((out / "bon" / "bon.json").read_text())
     assert [r["n"] for r in bon["rows"]] == [1, 2] and bon["prompts"] == 4
-    for title in ("Preference data", "Reward model", "Best-of-n"):
+    for title in ("Preference data", "Reward model", "Best-of-n", "Arena"):
         assert f"<h2>{title}</h2>" in html, title
+    # the arena: every two evaluated models on the evaluation's answers, judged by gold and by the reward model
+    for judge in ("gold", "rm"):
+        board = json.loads((out / "arena" / judge / "leaderboard.json").read_text())
+        assert {m["model"] for m in board["models"]} == {"base", "sft", "dpo"}, judge
+        battles = (out / "arena" / judge / "battles.jsonl").read_text().splitlines()
+        assert len(battles) == 3 * board["n_prompts"]
+    gold = json.loads((out / "arena" / "gold" / "judge.json").read_text())
+    assert gold["agreement"] == 1.0 and gold["swap_consistency"] == 1.0
+    assert json.loads((out / "arena" / "rm" / "leaderboard.json").read_text())["judge"].startswith("rm:")
 
 
 def test_an_unknown_annotator_is_refused_before_any_work(model_dir, tmp_path):
