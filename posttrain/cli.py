@@ -14,6 +14,7 @@
     posttrain eval compare A.json B.json
     posttrain eval ifeval --model PATH [--n 300] [--seed S] [--json] [--out FILE]
     posttrain eval two-turn --model PATH [--n 300] [--seed S] [--json] [--out FILE]
+    posttrain eval annotate --baseline A.json --model B.json --judge gold|annotator:NAME|rm:PATH|... --out FILE
     posttrain eval winrate --annotations FILE [--bootstrap 1000] [--json]
     posttrain arena ratings --battles FILE [--bootstrap 1000] [--anchor MODEL] [--json]
     posttrain arena --models a=PATH,b=PATH --judge gold|annotator:NAME|rm:PATH|llm:PATH|http:URL [--n 140] [--out DIR]
@@ -165,12 +166,13 @@ def _init_model(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("world", "compare", "winrate", "ifeval", "two-turn"):
+    if not argv or argv[0] not in ("world", "compare", "winrate", "annotate", "ifeval", "two-turn"):
         raise UserError("usage: posttrain eval world --model PATH [--n 300] [--seed S] [--split test] "
                         "[--family NAME] [--raw] [--out FILE] [--max-new-tokens 128] [--batch-size 16]; "
                         "posttrain eval compare A.json B.json [--json]; "
                         "posttrain eval ifeval --model PATH [--n 300] [--seed S] [--json] [--out FILE]; "
                         "posttrain eval two-turn --model PATH [--n 300] [--seed S] [--json] [--out FILE]; "
+                        "posttrain eval annotate --baseline A.json --model B.json --judge SPEC --out FILE; "
                         "or posttrain eval winrate --annotations FILE [--bootstrap N] [--json]")
     if argv[0] == "ifeval":
         from posttrain.eval.ifeval import eval_ifeval_cli
@@ -180,6 +182,10 @@ def _eval(argv: list[str]) -> int:
         from posttrain.eval.multiturn import eval_two_turn_cli
 
         return eval_two_turn_cli(argv[1:])
+    if argv[0] == "annotate":
+        from posttrain.eval.battles import annotate_main
+
+        return annotate_main(argv[1:])
     if argv[0] == "winrate":
         from posttrain.eval.winrate import winrate_cli
 

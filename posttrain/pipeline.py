@@ -503,16 +503,13 @@ def _arena_settings(ctx: Context) -> PipelineArenaConfig:
 def run_arena_stage(ctx: Context, s: PipelineArenaConfig) -> dict:
     """Every two evaluated models battle on the evaluation's prompts, with the answers the eval stage kept
     (`eval/NAME.json` samples), for each judge."""
-    from posttrain.eval.battles import format_judge, run_arena
-    from posttrain.world import sample_tasks
+    from posttrain.eval.battles import format_judge, run_arena, tasks_of
 
     answers = {}
-    tasks = sample_tasks(ctx.cfg.eval.n, split="test", seed=ctx.cfg.eval.seed, distinct=True)
     for name in ctx.models():
-        samples = json.loads(_eval_path(ctx, name).read_text())["samples"]
-        if [x.get("prompt_text", x["prompt"]) for x in samples] != [t.prompt_text() for t in tasks]:
-            raise RuntimeError(f"arena: eval/{name}.json was made on other prompts than eval.n/eval.seed draw")
-        answers[name] = [{"text": x["response"], "stopped": x["stopped"]} for x in samples]
+        result = json.loads(_eval_path(ctx, name).read_text())
+        tasks_of(result, str(_eval_path(ctx, name)))  # the prompts the arena draws again are the evaluation's
+        answers[name] = [{"text": x["response"], "stopped": x["stopped"]} for x in result["samples"]]
     out = {}
     for folder, spec in _arena_judges(ctx).items():
         print(f"pipeline: arena of {len(answers)} models judged by {spec}")

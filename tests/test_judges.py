@@ -292,3 +292,47 @@ def test_a_judge_prompt_beyond_the_context_is_unreadable(llm):
     short = Pair([Message("user", "Hi?")], "Yes.", "No.")
     v = llm.judge([long, short])
     assert v[0].winner is None and "positions" in v[0].raw and v[1].winner is not None
+
+
+def test_annotate_two_eval_results_then_win_rates_and_an_arena_from_results(model_dir, tmp_path, capsys):
+    """`eval annotate` judges a model's `eval world` answers against a baseline's in both orders and writes
+    AlpacaEval rows that `eval winrate` reads; `arena --results` rates saved answers without generating."""
+    a = tmp_path / "a.json"
+    assert run(["eval", "world", "--model", str(model_dir), "--n", "14", "--seed", "3", "--max-new-tokens", "6",
+                "--out", str(a)]) == 0
+    result = json.loads(a.read_text())
+    for i, s in enumerate(result["samples"]):  # a "verbose" variant: every other answer padded
+        if i % 2:
+            s["response"] = "Yes. I hope this helps! Let me know if you have any other questions."
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps(result))
+    capsys.readouterr()
+    ann = tmp_path / "ann.json"
+    assert run(["eval", "annotate", "--baseline", str(a), "--model", str(b), "--judge", "annotator:length",
+                "--names", "plain,padded", "--out", str(ann)]) == 0
+    rows = json.loads(ann.read_text())
+    assert len(rows) == 14 and {r["generator_2"] for r in rows} == {"padded"}
+    assert all(r["preference"] in (1, 1.5, 2) for r in rows)
+    gold = tmp_path / "gold.json"
+    assert run(["eval", "annotate", "--baseline", str(a), "--model", str(b), "--judge", "gold", "--out", str(gold)]) == 0
+    assert all(r["preference"] == 1.5 for r in json.loads(gold.read_text())[::2])  # identical answers: a tie
+    assert run(["eval", "winrate", "--annotations", str(ann), "--json"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "arena"
+    assert run(["arena", "--results", f"plain={a},padded={b}", "--judge", "gold", "--out", str(out),
+                "--bootstrap", "50"]) == 0
+    board = json.loads((out / "leaderboard.json").read_text())
+    assert {m["model"] for m in board["models"]} == {"plain", "padded"} and board["n_prompts"] == 14
+    other = tmp_path / "other.json"
+    assert run(["eval", "world", "--model", str(model_dir), "--n", "14", "--seed", "4", "--max-new-tokens", "2",
+                "--out", str(other)]) == 0
+    with pytest.raises(UserError, match="not on the same prompts"):
+        run(["eval", "annotate", "--baseline", str(a), "--model", str(other), "--out", str(tmp_path / "x.json")])
+    with pytest.raises(UserError, match="not on the same prompts"):
+        run(["arena", "--results", f"a={a},o={other}", "--out", str(out)])
+    with pytest.raises(UserError, match="not both"):
+        run(["arena", "--results", f"a={a},b={b}", "--models", f"x={model_dir},y={model_dir}", "--out", str(out)])
+    (tmp_path / "junk.json").write_text("{}")
+    with pytest.raises(UserError, match="not an `eval world --out` result"):
+        run(["eval", "annotate", "--baseline", str(tmp_path / "junk.json"), "--model", str(b),
+             "--out", str(tmp_path / "x.json")])

@@ -127,7 +127,7 @@ def format_judge(report: dict) -> str:
 
 def run_arena(models: list[tuple[str, str]], judge_spec: str, out: Path, n: int = 140, seed: int = 0,
               raw: tuple[str, ...] = (), max_new_tokens: int = 128, batch_size: int = 16, n_boot: int = 1000,
-              answers: dict[str, list[dict]] | None = None) -> dict:
+              answers: dict[str, list[dict]] | None = None, tasks: list[Task] | None = None) -> dict:
     """The whole arena (module docstring); `answers` given (name -> answers to `sample_tasks(n, "test", seed)`,
     as the pipeline has them from its evaluation) skips the generation. Returns the leaderboard with the judge's
     report."""
@@ -136,7 +136,7 @@ def run_arena(models: list[tuple[str, str]], judge_spec: str, out: Path, n: int 
     from posttrain.io import atomic_write_bytes, atomic_write_json, atomic_write_text
     from posttrain.world import sample_tasks
 
-    tasks = sample_tasks(n, split="test", seed=seed, distinct=True)
+    tasks = tasks if tasks is not None else sample_tasks(n, split="test", seed=seed, distinct=True)
     judge = make_judge(judge_spec, seed=seed)
     if answers is None:
         answers = {}
@@ -163,14 +163,16 @@ def run_arena(models: list[tuple[str, str]], judge_spec: str, out: Path, n: int 
 
 def arena_main(argv: list[str]) -> int:
     from posttrain.config import check_flags
-    from posttrain.eval.arena import format_ratings
     from posttrain.io import check_writable
     from posttrain.models.load import check_model_folder
 
     p = argparse.ArgumentParser(prog="posttrain arena", description=(
         "Round-robin battles between models on held-out world prompts, judged in both orders, then Bradley-Terry "
         "ratings with bootstrap intervals. `posttrain arena ratings --battles FILE` rates battles you have."))
-    p.add_argument("--models", required=True, help="name=path,name=path,... (or path,path: named by folder)")
+    p.add_argument("--models", help="name=path,name=path,... (or path,path: named by folder)")
+    p.add_argument("--results", help="instead of --models: name=FILE,... `eval world --out` results on the same "
+                                     "prompts, whose answers are judged (nothing is generated; --n and --seed come "
+                                     "from the results)")
     p.add_argument("--judge", default="gold", help="gold, annotator:NAME, rm:PATH, llm:PATH[#generate|#rating], "
                                                    "http://HOST:PORT/v1[#MODEL] (default gold)")
     p.add_argument("--n", type=int, default=140, help="held-out prompts, balanced over the families (default 140)")
@@ -183,6 +185,11 @@ def arena_main(argv: list[str]) -> int:
     p.add_argument("--json", action="store_true", help="print the leaderboard as JSON")
     args = p.parse_args(argv)
     check_flags(args, n={"ge": 1}, max_new_tokens={"ge": 1}, batch_size={"ge": 1}, bootstrap={"ge": 1})
+    if (args.models is None) == (args.results is None):
+        raise UserError("arena: give --models name=path,... (they answer) or --results name=FILE,... (their "
+                        "`eval world --out` answers are judged), not both")
+    if args.results is not None:
+        return _arena_from_results(args)
     models = parse_models(args.models)
     raw = tuple(s for s in args.raw.split(",") if s)
     unknown = [r for r in raw if r not in {m for m, _ in models}]
@@ -196,9 +203,111 @@ def arena_main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
+    _print_arena(result, args.out)
+    return 0
+
+
+def _print_arena(result: dict, out: str) -> None:
+    from posttrain.eval.arena import format_ratings
+
     print(format_ratings(result))
     print(format_judge(result["judge_report"]))
     if result["unreadable"]:
         print(f"{result['unreadable']} battles left out: the judge's verdict could not be read (see battles.jsonl)")
-    print(f"wrote {args.out}/battles.jsonl, leaderboard.json, judge.json, arena.png")
+    print(f"wrote {out}/battles.jsonl, leaderboard.json, judge.json, arena.png")
+
+
+def _arena_from_results(args) -> int:
+    from posttrain.data.loading import read_json_file
+    from posttrain.io import check_writable
+
+    files = parse_models(args.results)
+    check_writable(os.path.join(args.out, "leaderboard.json"), "--out")
+    answers, first, tasks = {}, None, []
+    for name, path in files:
+        r = read_json_file(path)
+        if not isinstance(r, dict) or "samples" not in r:
+            raise UserError(f"{path}: not an `eval world --out` result (no 'samples')")
+        tasks = tasks_of(r, path)
+        prompts = [x.get("prompt_text", x["prompt"]) for x in r["samples"]]
+        if first is None:
+            first = (path, r, prompts)
+        elif prompts != first[2]:
+            raise UserError(f"{path}: not on the same prompts as {first[0]} (evaluate with the same --n and --seed)")
+        answers[name] = [{"text": x["response"], "stopped": x["stopped"]} for x in r["samples"]]
+    r = first[1]
+    result = run_arena([], args.judge, Path(args.out), n=r["n_requested"], seed=r["seed"], n_boot=args.bootstrap,
+                       answers=answers, tasks=tasks)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_arena(result, args.out)
+    return 0
+
+
+def tasks_of(result: dict, path: str) -> list[Task]:
+    """The world tasks an `eval world --out` result was made on, drawn again from its settings and checked."""
+    from posttrain.world import sample_tasks
+
+    try:
+        tasks = sample_tasks(result["n_requested"], split=result["split"], seed=result["seed"],
+                             distinct=result.get("distinct", True))
+    except KeyError as e:
+        raise UserError(f"{path}: not an `eval world --out` result (no '{e.args[0]}')") from None
+    texts = [x.get("prompt_text", x["prompt"]) for x in result["samples"]]
+    if texts != [t.prompt_text() for t in tasks]:
+        raise UserError(f"{path}: its prompts are not those its settings draw (split {result['split']}, seed "
+                        f"{result['seed']}, n {result['n_requested']}); was it made by another posttrain version?")
+    return tasks
+
+
+def annotations(baseline: dict, model: dict, tasks: list[Task], judge: Judge, names: tuple[str, str]) -> tuple[list[dict], dict]:
+    """AlpacaEval annotation rows of `model`'s answers against `baseline`'s on the same tasks, each pair judged
+    in both orders: output_1 the baseline's, output_2 the model's, preference 1 (baseline), 2 (model), 1.5 (a tie,
+    or the two orders disagreeing), None when a verdict was unreadable. Returns (rows, the judge's report)."""
+    pairs = [Pair(t.messages, a["response"], b["response"], t, (a["stopped"], b["stopped"]))
+             for t, a, b in zip(tasks, baseline["samples"], model["samples"])]
+    results = both_orders(judge, pairs)
+    golds = [gold_label(t, p.first, p.second, p.stopped) for t, p in zip(tasks, pairs)]
+    rows = []
+    for t, p, r, g in zip(tasks, pairs, results, golds):
+        rows.append({"instruction": t.prompt_text(), "output_1": p.first, "output_2": p.second,
+                     "generator_1": names[0], "generator_2": names[1], "family": t.family, "annotator": judge.name,
+                     "preference": {"a": 1, "b": 2, "tie": 1.5}.get(r["winner"]) if r["winner"] else None,
+                     "order_ab": r["ab"], "order_ba": r["ba"], "gold": g})
+    return rows, judge_report(results, golds)
+
+
+def annotate_main(argv: list[str]) -> int:
+    """`posttrain eval annotate --baseline A.json --model B.json --judge SPEC --out FILE`."""
+    from posttrain.data.loading import read_json_file
+    from posttrain.eval.judges import make_judge
+    from posttrain.io import atomic_write_json, check_writable
+
+    p = argparse.ArgumentParser(prog="posttrain eval annotate", description=(
+        "Judge a model's answers against a baseline's on the same prompts (two `eval world --out` results), each "
+        "pair in both orders, and write AlpacaEval annotation rows for `posttrain eval winrate`."))
+    p.add_argument("--baseline", required=True, help="the baseline's `eval world --out` result (output_1)")
+    p.add_argument("--model", required=True, help="the model's `eval world --out` result on the same prompts (output_2)")
+    p.add_argument("--judge", default="gold", help="gold, annotator:NAME, rm:PATH, llm:PATH[#mode], http://URL[#MODEL]")
+    p.add_argument("--names", default="", help="baseline,model names for generator_1/2 (default: the file names)")
+    p.add_argument("--seed", type=int, default=0, help="the simulated annotators' seed")
+    p.add_argument("--out", required=True, help="the annotation rows (a .json list)")
+    args = p.parse_args(argv)
+    check_writable(args.out, "--out")
+    a, b = read_json_file(args.baseline), read_json_file(args.model)
+    for path, r in ((args.baseline, a), (args.model, b)):
+        if not isinstance(r, dict) or "samples" not in r:
+            raise UserError(f"{path}: not an `eval world --out` result (no 'samples')")
+    tasks = tasks_of(a, args.baseline)
+    if [x.get("prompt_text", x["prompt"]) for x in a["samples"]] != [x.get("prompt_text", x["prompt"]) for x in b["samples"]]:
+        raise UserError(f"{args.model}: not on the same prompts as {args.baseline} (use the same --n and --seed)")
+    names = tuple(args.names.split(",")) if args.names else (Path(args.baseline).stem, Path(args.model).stem)
+    if len(names) != 2:
+        raise UserError(f"--names: give two names, baseline,model; got {args.names!r}")
+    judge = make_judge(args.judge, seed=args.seed)
+    rows, report = annotations(a, b, tasks, judge, names)
+    atomic_write_json(args.out, rows)
+    print(format_judge(report))
+    print(f"wrote {len(rows)} annotation rows to {args.out} ({report['failures']} unreadable: preference null)")
     return 0
