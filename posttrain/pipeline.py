@@ -517,7 +517,16 @@ def run_arena_stage(ctx: Context, s: PipelineArenaConfig) -> dict:
                            n_boot=s.bootstrap, answers=answers)
         print("pipeline: " + format_judge(result["judge_report"]))
         out[folder] = str(ctx.out / "arena" / folder / "leaderboard.json")
-    return {"judges": out, "models": list(answers)}
+    result = {"judges": out, "models": list(answers)}
+    if "sft" in answers:
+        from posttrain.eval.battles import judge_bias
+
+        print("pipeline: judge bias: win rates against sft, raw and length-controlled, under four judges")
+        tasks = tasks_of(json.loads(_eval_path(ctx, "sft").read_text()), str(_eval_path(ctx, "sft")))
+        rows = judge_bias(tasks, answers, "sft", n_boot=s.bootstrap, seed=ctx.cfg.eval.seed)
+        atomic_write_json(ctx.out / "arena" / "judge_bias.json", rows)
+        result["judge_bias"] = str(ctx.out / "arena" / "judge_bias.json")
+    return result
 
 
 def _arena_done(ctx: Context) -> bool:
@@ -765,6 +774,31 @@ def section_arena(ctx: Context):
     return Section("Arena", "\n".join(html), note)
 
 
+def section_judge_bias(ctx: Context):
+    """Win rates against SFT under judges with and without known biases, raw and length-controlled."""
+    from posttrain.report.html import Section, simple_table
+
+    r = ctx.results.get("arena")
+    if not r or not r.get("judge_bias"):
+        return None
+    rows = []
+    for x in json.loads(Path(r["judge_bias"]).read_text()):
+        wr, lc = x["win_rate"], x["length_controlled"]
+        rows.append([x["model"], x["judge"], f"{100 * wr['value']:.1f} [{100 * wr['lo']:.1f}, {100 * wr['hi']:.1f}]",
+                     f"{100 * lc['value']:.1f} [{100 * lc['lo']:.1f}, {100 * lc['hi']:.1f}]",
+                     f"{x['avg_length_model']:.0f} / {x['avg_length_baseline']:.0f}",
+                     x["first_position"]])
+    head = ["model", "judge", "win rate vs sft [95%]", "length-controlled [95%]", "mean length (chars) / sft's",
+            "first-position preference"]
+    note = ("Each model's answers against SFT's on the evaluation's prompts, each pair judged in both orders (a "
+            "disagreement is a tie). sft+padding is SFT with a stock sentence appended to every other answer, a "
+            "verbosity probe. Length-controlled: AlpacaEval 2's regression without its instruction term, read at "
+            "zero length difference. A length-biased judge raises the raw win rate of longer answers; the "
+            "length-controlled rate moves much less. The position-biased annotator prefers the answer shown first "
+            "(first-position preference above 0.5); the two-order rule keeps that out of the win rates.")
+    return Section("Judge bias", simple_table(head, rows), note)
+
+
 def section_probes(ctx: Context):
     from posttrain.report.html import Section, probes_table
 
@@ -809,7 +843,7 @@ def section_curves(ctx: Context):
 
 
 SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_family_changes,
-                                            section_gold_kl, section_arena, section_preferences, section_reward_model,
+                                            section_gold_kl, section_arena, section_judge_bias, section_preferences, section_reward_model,
                                             section_bon, section_probes,
                                             section_example, section_curves]
 

@@ -226,7 +226,7 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     assert rm_cfg["data"]["eval_path"] == str(out / "prefs" / "test.jsonl") and rm_cfg["max_steps"] == 2
     bon = json.loads((out / "bon" / "bon.json").read_text())
     assert [r["n"] for r in bon["rows"]] == [1, 2] and bon["prompts"] == 4
-    for title in ("Preference data", "Reward model", "Best-of-n", "Arena"):
+    for title in ("Preference data", "Reward model", "Best-of-n", "Arena", "Judge bias"):
         assert f"<h2>{title}</h2>" in html, title
     # the arena: every two evaluated models on the evaluation's answers, judged by gold and by the reward model
     for judge in ("gold", "rm"):
@@ -237,6 +237,10 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     gold = json.loads((out / "arena" / "gold" / "judge.json").read_text())
     assert gold["agreement"] == 1.0 and gold["swap_consistency"] == 1.0
     assert json.loads((out / "arena" / "rm" / "leaderboard.json").read_text())["judge"].startswith("rm:")
+    bias = json.loads((out / "arena" / "judge_bias.json").read_text())
+    assert {(x["model"], x["judge"]) for x in bias} == {
+        (m, j) for m in ("base", "dpo", "sft+padding")
+        for j in ("gold", "annotator:fair", "annotator:length", "annotator:position")}
 
 
 def test_an_unknown_annotator_is_refused_before_any_work(model_dir, tmp_path):

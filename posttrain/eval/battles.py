@@ -56,6 +56,40 @@ def battles(tasks: list[Task], answers: dict[str, list[dict]], judge: Judge) -> 
     return rows, judge_report(results, golds)
 
 
+PADDING = " I hope this helps! Let me know if you have any other questions."
+
+
+def padded(answers: list[dict], every: int = 2) -> list[dict]:
+    """A verbosity probe: the same answers with `PADDING` appended to every `every`-th one (the others as they
+    are, so the length differences vary and the length-controlled fit can tell length from quality)."""
+    return [{**a, "text": a["text"].rstrip() + PADDING} if i % every == every - 1 else a for i, a in enumerate(answers)]
+
+
+def judge_bias(tasks: list[Task], answers: dict[str, list[dict]], baseline: str,
+               judges: tuple[str, ...] = ("gold", "annotator:fair", "annotator:length", "annotator:position"), n_boot: int = 1000,
+               seed: int = 0) -> list[dict]:
+    """Each model's win rate against `baseline`, raw and length-controlled (`winrate.win_rates`), under each
+    judge, for the models in `answers` and the padding probe (`padded(baseline)`, named "BASELINE+padding"): a
+    length-biased judge moves the raw win rate of longer answers, the length-controlled one much less."""
+    from posttrain.eval.judges import make_judge
+    from posttrain.eval.winrate import win_rates
+
+    others = {n: a for n, a in answers.items() if n != baseline}
+    others[f"{baseline}+padding"] = padded(answers[baseline])
+    out = []
+    for spec in judges:
+        judge = make_judge(spec, seed=seed)
+        for name, ans in others.items():
+            rows, report = annotations(answers[baseline], ans, tasks, judge, (baseline, name))
+            rows = [r for r in rows if r["preference"] is not None]
+            if not rows:
+                continue
+            r = win_rates([x["preference"] - 1 for x in rows], [len(x["output_2"]) for x in rows],
+                          [len(x["output_1"]) for x in rows], n_boot=n_boot, seed=seed)
+            out.append({"model": name, "judge": judge.name, "first_position": report["first_position"], **r})
+    return out
+
+
 def parse_models(text: str) -> list[tuple[str, str]]:
     """`name=path,name=path` or `path,path` (each named by its folder) -> [(name, path)]; two models of one name
     are refused."""
@@ -234,7 +268,7 @@ def _arena_from_results(args) -> int:
             first = (path, r, prompts)
         elif prompts != first[2]:
             raise UserError(f"{path}: not on the same prompts as {first[0]} (evaluate with the same --n and --seed)")
-        answers[name] = [{"text": x["response"], "stopped": x["stopped"]} for x in r["samples"]]
+        answers[name] = answers_of(r)
     r = first[1]
     result = run_arena([], args.judge, Path(args.out), n=r["n_requested"], seed=r["seed"], n_boot=args.bootstrap,
                        answers=answers, tasks=tasks)
@@ -243,6 +277,11 @@ def _arena_from_results(args) -> int:
     else:
         _print_arena(result, args.out)
     return 0
+
+
+def answers_of(result: dict) -> list[dict]:
+    """An `eval world --out` result's answers as the judges take them: {"text", "stopped"} per prompt."""
+    return [{"text": x["response"], "stopped": bool(x["stopped"])} for x in result["samples"]]
 
 
 def tasks_of(result: dict, path: str) -> list[Task]:
@@ -261,12 +300,14 @@ def tasks_of(result: dict, path: str) -> list[Task]:
     return tasks
 
 
-def annotations(baseline: dict, model: dict, tasks: list[Task], judge: Judge, names: tuple[str, str]) -> tuple[list[dict], dict]:
-    """AlpacaEval annotation rows of `model`'s answers against `baseline`'s on the same tasks, each pair judged
-    in both orders: output_1 the baseline's, output_2 the model's, preference 1 (baseline), 2 (model), 1.5 (a tie,
-    or the two orders disagreeing), None when a verdict was unreadable. Returns (rows, the judge's report)."""
-    pairs = [Pair(t.messages, a["response"], b["response"], t, (a["stopped"], b["stopped"]))
-             for t, a, b in zip(tasks, baseline["samples"], model["samples"])]
+def annotations(baseline: list[dict], model: list[dict], tasks: list[Task], judge: Judge,
+                names: tuple[str, str]) -> tuple[list[dict], dict]:
+    """AlpacaEval annotation rows of `model`'s answers against `baseline`'s on the same tasks (answers as
+    {"text", "stopped"}), each pair judged in both orders: output_1 the baseline's, output_2 the model's,
+    preference 1 (baseline), 2 (model), 1.5 (a tie, or the two orders disagreeing), None when a verdict was
+    unreadable. Returns (rows, the judge's report)."""
+    pairs = [Pair(t.messages, a["text"], b["text"], t, (a["stopped"], b["stopped"]))
+             for t, a, b in zip(tasks, baseline, model)]
     results = both_orders(judge, pairs)
     golds = [gold_label(t, p.first, p.second, p.stopped) for t, p in zip(tasks, pairs)]
     rows = []
@@ -306,7 +347,7 @@ def annotate_main(argv: list[str]) -> int:
     if len(names) != 2:
         raise UserError(f"--names: give two names, baseline,model; got {args.names!r}")
     judge = make_judge(args.judge, seed=args.seed)
-    rows, report = annotations(a, b, tasks, judge, names)
+    rows, report = annotations(answers_of(a), answers_of(b), tasks, judge, names)
     atomic_write_json(args.out, rows)
     print(format_judge(report))
     print(f"wrote {len(rows)} annotation rows to {args.out} ({report['failures']} unreadable: preference null)")

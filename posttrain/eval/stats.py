@@ -100,7 +100,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float = 0.0
     value, z = objective(beta)
     done = np.zeros(b_count, dtype=bool)
     for _ in range(max_iter):
-        p = 1 / (1 + np.exp(-z))
+        p = 0.5 * (1 + np.tanh(0.5 * z))  # the logistic function, without overflow
         grad = np.einsum("brd,br->bd", x, w * (y - p)) - ridge * beta
         hess = np.einsum("brd,br,bre->bde", x, w * p * (1 - p), x) + ridge * np.eye(dim)
         step = np.linalg.solve(hess + 1e-12 * np.eye(dim), grad[..., None])[..., 0]

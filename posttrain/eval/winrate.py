@@ -69,10 +69,10 @@ def length_controlled(y: Sequence[float], len_model: Sequence[float], len_baseli
     rng = np.random.default_rng(seed)
     counts = rng.multinomial(len(y), np.full(len(y), 1 / len(y)), size=n_boot).astype(float)
     boot, boot_sep = _lc_fit(y, length_feature(len_model, len_baseline, counts), counts)
-    values = 1 / (1 + np.exp(-boot[:, 0]))
+    values = 0.5 * (1 + np.tanh(0.5 * boot[:, 0]))  # s(theta), without overflow
     lo, hi = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     theta, phi = beta[0]
-    return {"value": float(1 / (1 + np.exp(-theta))), "lo": float(lo), "hi": float(hi), "theta": float(theta),
+    return {"value": float(0.5 * (1 + np.tanh(0.5 * theta))), "lo": float(lo), "hi": float(hi), "theta": float(theta),
             "phi": float(phi), "separable": bool(separable[0]), "separable_replicates": int(boot_sep.sum())}
 
 
