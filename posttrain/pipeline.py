@@ -69,6 +69,9 @@ class PipelineArenaConfig:
     judges: list[str] = doc(["gold", "rm"], "who judges: gold (the world's verifier), rm (the rm stage's reward "
                                             "model, when it ran), annotator:NAME (a simulated annotator)")
     bootstrap: int = doc(1000, "bootstrap replicates of the ratings' intervals", ge=1)
+    bon_n: int = doc(4, "with the rm stage: best-of-n of the SFT model (n samples at bon.temperature on the "
+                        "evaluation's prompts, the reward model's pick) joins the arena as bon<n> (0: it does not)",
+                     ge=0)
 
 
 def pipeline_sft() -> SFTConfig:
@@ -508,8 +511,10 @@ def run_arena_stage(ctx: Context, s: PipelineArenaConfig) -> dict:
     answers = {}
     for name in ctx.models():
         result = json.loads(_eval_path(ctx, name).read_text())
-        tasks_of(result, str(_eval_path(ctx, name)))  # the prompts the arena draws again are the evaluation's
+        tasks = tasks_of(result, str(_eval_path(ctx, name)))  # the evaluation's prompts, drawn again and checked
         answers[name] = [{"text": x["response"], "stopped": x["stopped"]} for x in result["samples"]]
+    if s.bon_n and ctx.results.get("rm") and "sft" in answers:
+        answers[f"bon{s.bon_n}"] = _bon_entrant(ctx, s, tasks)
     out = {}
     for folder, spec in _arena_judges(ctx).items():
         print(f"pipeline: arena of {len(answers)} models judged by {spec}")
@@ -529,9 +534,26 @@ def run_arena_stage(ctx: Context, s: PipelineArenaConfig) -> dict:
     return result
 
 
+def _bon_entrant(ctx: Context, s: PipelineArenaConfig, tasks: list) -> list[dict]:
+    """Best-of-n of the SFT model on the evaluation's prompts, picked by the rm stage's reward model; kept in
+    arena/bon<n>.json so that a rerun of the stage (a model added) does not sample again."""
+    from posttrain.eval.bon import bon_answers
+
+    path = ctx.out / "arena" / f"bon{s.bon_n}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    print(f"pipeline: arena: best-of-{s.bon_n} of sft on the {len(tasks)} evaluation prompts, by the reward model")
+    answers = bon_answers(ctx.results["sft"]["model"], ctx.results["rm"]["reward_model"], tasks, s.bon_n,
+                          temperature=ctx.cfg.bon.temperature, max_new_tokens=ctx.cfg.eval.max_new_tokens,
+                          batch_size=ctx.cfg.eval.batch_size, seed=ctx.cfg.eval.seed, progress=f"bon{s.bon_n}")
+    atomic_write_json(path, answers)
+    return answers
+
+
 def _arena_done(ctx: Context) -> bool:
     r = ctx.results.get("arena")
-    return bool(r) and r.get("models") == list(ctx.models()) and set(r.get("judges", {})) == set(_arena_judges(ctx))
+    return bool(r) and [m for m in r.get("models", []) if not m.startswith("bon")] == list(ctx.models()) \
+        and set(r.get("judges", {})) == set(_arena_judges(ctx))
 
 
 def _rl(cfg: PipelineConfig) -> bool:

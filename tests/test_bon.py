@@ -234,3 +234,22 @@ def test_a_reward_model_that_gives_nan(model_dir, rm_dir, tok, tmp_path, capsys)
     assert info.value.code == 2 and [x for x in lines if x.startswith("error: ")] == [err]
     assert "--reward-model: the reward model gives a non-finite score (nan) for prompt " in err
     assert not (tmp_path / "o.json").exists()
+
+
+def test_bon_answers_are_the_reward_models_pick(model_dir, rm_dir):
+    """The arena's best-of-n entrant: of the n samples `sample_responses` draws, the one the reward model scores
+    highest (the same samples and rewards computed here by hand)."""
+    from posttrain.eval.bon import bon_answers, rm_rewards
+    from posttrain.models.load import load_model, load_tokenizer
+    from posttrain.recipes.rm import load_scorer
+    from posttrain.rollout.prefs import sample_responses
+    from posttrain.world import sample_tasks
+
+    tasks = sample_tasks(4, split="test", seed=2)
+    got = bon_answers(str(model_dir), str(rm_dir), tasks, 3, temperature=1.0, max_new_tokens=6, seed=5)
+    tok, model = load_tokenizer(str(model_dir)), load_model(str(model_dir))
+    samples = sample_responses(model, tok, tasks, 3, temperature=1.0, max_new_tokens=6, seed=5)
+    rewards, _ = rm_rewards(*load_scorer(str(rm_dir)), tasks, [[o["text"] for o in s] for s in samples])
+    for answer, outs, r in zip(got, samples, rewards):
+        best = max(range(3), key=lambda i: (r[i], -i))
+        assert answer == {"text": outs[best]["text"], "stopped": outs[best]["stopped"]}

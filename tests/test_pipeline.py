@@ -231,15 +231,17 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     # the arena: every two evaluated models on the evaluation's answers, judged by gold and by the reward model
     for judge in ("gold", "rm"):
         board = json.loads((out / "arena" / judge / "leaderboard.json").read_text())
-        assert {m["model"] for m in board["models"]} == {"base", "sft", "dpo"}, judge
+        assert {m["model"] for m in board["models"]} == {"base", "sft", "dpo", "bon4"}, judge
         battles = (out / "arena" / judge / "battles.jsonl").read_text().splitlines()
-        assert len(battles) == 3 * board["n_prompts"]
+        assert len(battles) == 6 * board["n_prompts"]  # every two of four entrants, on every prompt
+    bon = json.loads((out / "arena" / "bon4.json").read_text())
+    assert len(bon) == board["n_prompts"] and all(set(a) == {"text", "stopped"} for a in bon)
     gold = json.loads((out / "arena" / "gold" / "judge.json").read_text())
     assert gold["agreement"] == 1.0 and gold["swap_consistency"] == 1.0
     assert json.loads((out / "arena" / "rm" / "leaderboard.json").read_text())["judge"].startswith("rm:")
     bias = json.loads((out / "arena" / "judge_bias.json").read_text())
     assert {(x["model"], x["judge"]) for x in bias} == {
-        (m, j) for m in ("base", "dpo", "sft+padding")
+        (m, j) for m in ("base", "dpo", "bon4", "sft+padding")
         for j in ("gold", "annotator:fair", "annotator:length", "annotator:position")}
 
 

@@ -104,6 +104,25 @@ def rm_rewards(scorer, scorer_tok, scorer_pad_id: int, tasks: list[Task], texts:
     return out, reasons
 
 
+def bon_answers(policy: str, reward_model: str, tasks: list[Task], n: int, temperature: float = 0.7,
+                max_new_tokens: int = 128, batch_size: int = 32, seed: int = 0, progress: str = "") -> list[dict]:
+    """The best-of-n policy's answer to each task: n samples of `policy`, the one `reward_model` scores highest
+    (the first of equal scores; a sample the reward model cannot score counts as the lowest), as
+    {"text", "stopped"}: an entrant for an arena on the same prompts."""
+    from posttrain.models.load import load_model, load_tokenizer
+    from posttrain.recipes.rm import load_scorer
+    from posttrain.rollout.prefs import sample_responses
+
+    tok, model = load_tokenizer(policy), load_model(policy)
+    scorer, scorer_tok, pad = load_scorer(reward_model)
+    samples = sample_responses(model, tok, tasks, n, temperature=temperature, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, seed=seed, progress=progress)
+    rewards, _ = rm_rewards(scorer, scorer_tok, pad, tasks, [[o["text"] for o in outs] for outs in samples],
+                            batch_size=batch_size)
+    picks = [outs[_first_argmax(r, n)] for outs, r in zip(samples, rewards)]
+    return [{"text": o["text"], "stopped": bool(o["stopped"])} for o in picks]
+
+
 def _first_argmax(values: Sequence[float], n: int) -> int:
     return int(np.argmax(np.asarray(values[:n], dtype=float)))  # numpy's argmax: the first of equal maxima
 
