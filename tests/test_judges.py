@@ -197,6 +197,13 @@ def test_http_judge_against_posttrain_serve(server_url, model_dir):
     assert judge_report(both_orders(dead, pairs[:2]))["failures"] == 2
     with pytest.raises(UserError, match="cannot list its models"):
         HTTPJudge(f"http://127.0.0.1:{closed}/v1", timeout=5, max_retries=0)
+    # a server that accepts the connection and never answers: a timeout, after the client's retries
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        slow = HTTPJudge(f"http://127.0.0.1:{silent.getsockname()[1]}/v1", model="tiny", timeout=0.5, max_retries=1)
+        v = slow.judge(pairs[:1])
+    assert v[0].winner is None and "Timeout" in v[0].raw
 
 
 def test_reward_model_judge(tok, tmp_path):

@@ -248,6 +248,8 @@ def _print_arena(result: dict, out: str) -> None:
     print(format_judge(result["judge_report"]))
     if result["unreadable"]:
         print(f"{result['unreadable']} battles left out: the judge's verdict could not be read (see battles.jsonl)")
+    if result["missing"]:
+        print(f"not rated (no readable battle): {', '.join(result['missing'])}")
     print(f"wrote {out}/battles.jsonl, leaderboard.json, judge.json, arena.png")
 
 
