@@ -205,7 +205,6 @@ def eval_ifeval_cli(argv: list[str]) -> int:
     """`posttrain eval ifeval --model PATH [--n N] [--seed S] [--split test] [--family F] [--json] [--out FILE]`.
     Bad options (a number below 1, an unknown split or family, an `--out` that cannot be written) fail with a
     one-line `UserError` before the model is loaded."""
-    import json
 
     p = argparse.ArgumentParser(prog="posttrain eval ifeval", description=(
         "IFEval-style accuracy (prompt- and instruction-level, strict and loose as IFEval defines them) on the "
@@ -224,7 +223,7 @@ def eval_ifeval_cli(argv: list[str]) -> int:
     check_flags(args, n={"ge": 1}, max_new_tokens={"ge": 1}, batch_size={"ge": 1})
     sample_tasks(0, split=args.split, families=check_families(args.families or list(FAMILIES)))  # before loading
 
-    from posttrain.io import atomic_write_json, check_writable
+    from posttrain.io import check_writable
 
     if args.out:
         check_writable(args.out, "--out")
@@ -232,10 +231,20 @@ def eval_ifeval_cli(argv: list[str]) -> int:
     result = {"model": args.model, **evaluate_ifeval(model, tok, n=args.n, seed=args.seed, split=args.split,
                                                      families=args.families, max_new_tokens=args.max_new_tokens,
                                                      batch_size=args.batch_size)}
+    return print_result(args, result, format_table)
+
+
+def print_result(args, result: dict, table) -> int:
+    """What `eval ifeval` and `eval two-turn` print: the result without its samples as JSON (`--json`) or its
+    table, then the full result written to `--out`."""
+    import json
+
+    from posttrain.io import atomic_write_json
+
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
     else:
-        print(format_table(result))
+        print(table(result))
     if args.out:
         atomic_write_json(args.out, result)
         if not args.json:

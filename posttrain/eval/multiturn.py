@@ -116,7 +116,6 @@ def format_table(result: dict) -> str:
 def eval_two_turn_cli(argv: list[str]) -> int:
     """`posttrain eval two-turn --model PATH [--n N] [--seed S] [--split test] [--json] [--out FILE]`. Bad
     options fail with a one-line `UserError` before the model is loaded."""
-    import json
 
     p = argparse.ArgumentParser(prog="posttrain eval two-turn", description=(
         "Two-turn (MT-Bench-style) evaluation on the world's multi_turn family: the follow-up is asked with the "
@@ -133,20 +132,12 @@ def eval_two_turn_cli(argv: list[str]) -> int:
     check_flags(args, n={"ge": 1}, max_new_tokens={"ge": 1}, batch_size={"ge": 1})
     sample_tasks(0, split=args.split, families=[FAMILY])  # a bad split fails before loading
 
-    from posttrain.eval.ifeval import load_for_eval
-    from posttrain.io import atomic_write_json, check_writable
+    from posttrain.eval.ifeval import load_for_eval, print_result
+    from posttrain.io import check_writable
 
     if args.out:
         check_writable(args.out, "--out")
     model, tok = load_for_eval(args.model)
     result = {"model": args.model, **evaluate_two_turn(model, tok, n=args.n, seed=args.seed, split=args.split,
                                                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)}
-    if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2))
-    else:
-        print(format_table(result))
-    if args.out:
-        atomic_write_json(args.out, result)
-        if not args.json:
-            print(f"wrote {args.out}")
-    return 0
+    return print_result(args, result, format_table)
