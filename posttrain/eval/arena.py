@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posttrain.eval.stats import fit_logistic, format_skipped
+from posttrain.eval.stats import fit_logistic, format_skipped, no_rows
 
 RIDGE = 1e-4
 SCALE = 400 / math.log(10)  # rating points per natural-log unit of strength
@@ -231,8 +231,7 @@ def ratings_cli(argv: list[str]) -> int:
     check_flags(args, bootstrap={"ge": 1})
     battles, skipped = read_battles(args.battles)
     if not battles:
-        raise UserError(f"{args.battles}: no usable battle rows ({len(skipped)} skipped"
-                        + (f"; first: {skipped[0]['where']}: {skipped[0]['reason']})" if skipped else ")"))
+        raise UserError(no_rows(args.battles, "battle rows", skipped))
     models = sorted({a for a, _, _ in battles} | {b for _, b, _ in battles})
     if args.anchor is not None and args.anchor not in models:
         raise UserError(f"--anchor: '{args.anchor}' is in no battle of {args.battles}"

@@ -129,3 +129,9 @@ def format_skipped(skipped: list[dict], what: str, show: int = 5) -> str:
     if len(skipped) > show:
         lines.append(f"  ... and {len(skipped) - show} more")
     return "\n".join(lines)
+
+
+def no_rows(path: str, what: str, skipped: list[dict]) -> str:
+    """The one-line message for a file none of whose rows could be used, naming the first bad one."""
+    first = f"; first: {skipped[0]['where']}: {skipped[0]['reason']}" if skipped else ""
+    return f"{path}: no usable {what} ({len(skipped)} skipped{first})"

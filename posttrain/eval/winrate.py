@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from posttrain.eval.stats import bootstrap_ci, fit_logistic, format_skipped
+from posttrain.eval.stats import bootstrap_ci, fit_logistic, format_skipped, no_rows
 
 RIDGE = 1e-4
 PREFERENCES = (1.0, 1.5, 2.0)
@@ -139,8 +139,7 @@ def winrate_cli(argv: list[str]) -> int:
     check_flags(args, bootstrap={"ge": 1})
     groups, skipped = read_annotations(args.annotations)
     if not groups:
-        raise UserError(f"{args.annotations}: no usable annotation rows ({len(skipped)} skipped"
-                        + (f"; first: {skipped[0]['where']}: {skipped[0]['reason']})" if skipped else ")"))
+        raise UserError(no_rows(args.annotations, "annotation rows", skipped))
     results = {}
     for model, rows in sorted(groups.items()):
         results[model] = win_rates([r["y"] for r in rows], [r["len_model"] for r in rows],
