@@ -279,10 +279,10 @@ class HTTPJudge:
             try:
                 model = self.client.models.list().data[0].id
             except Exception as e:  # what the server or the network says is about the URL the user gave
-                raise UserError(f"judge http:{url}: cannot list its models ({type(e).__name__}: {e}); give the "
+                raise UserError(f"judge {url}: cannot list its models ({type(e).__name__}: {e}); give the "
                                 f"model as http:URL#MODEL") from None
         self.model = model
-        self.name = f"http:{self.url}#{model}"
+        self.name = f"{self.url}#{model}"
 
     def _one(self, p: Pair) -> Verdict:
         import openai
