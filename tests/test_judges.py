@@ -343,3 +343,24 @@ def test_annotate_two_eval_results_then_win_rates_and_an_arena_from_results(mode
     with pytest.raises(UserError, match="not an `eval world --out` result"):
         run(["eval", "annotate", "--baseline", str(tmp_path / "junk.json"), "--model", str(b),
              "--out", str(tmp_path / "x.json")])
+
+
+def test_generated_ratings_are_parsed_with_the_fallback(model_dir, monkeypatch):
+    """`#generate-rating`: each answer rated alone in writing; [[r]] or the single-bracket [r]; an unreadable
+    rating makes the verdict unreadable."""
+    import posttrain.rollout.generate as gen
+
+    written = iter(["Rating: [[7]]", "[6]", "[[3]]", "no idea"])
+    seen = []
+
+    def fake(model, tok, prompts, **kw):
+        seen.extend(prompts)
+        return [{"text": next(written)} for _ in prompts]
+
+    monkeypatch.setattr(gen, "generate", fake)
+    judge = make_judge(f"llm:{model_dir}#generate-rating")
+    v = judge.judge(short_pairs(2))
+    assert v[0].winner == "first" and "7 vs 6" in v[0].raw
+    assert v[1].winner is None and "no idea" in v[1].raw
+    # each answer alone, in order: pair 1's second answer is "1."
+    assert len(seen) == 4 and "[Answer]\n1.\n" in seen[3][-1].content and "[Answer]\n2.\n" in seen[2][-1].content

@@ -18,7 +18,8 @@
   anything else is unreadable (None, counted, never a tie or a zero). `#rating`: each answer rated alone with
   `RATING_PROMPT` on 1-9, the expected rating sum_k k p(k) over the continuations "[[1]]".."[[9]]" (1-9, not 1-10:
   a tokenizer may split "10" into two tokens, which would make one rating a two-step continuation); the higher
-  expected rating wins.
+  expected rating wins. `#generate-rating`: each answer rated alone in writing, parsed as [[rating]] with
+  [rating] as the fallback (1-10); the higher wins, an unreadable rating makes the verdict unreadable.
 - `http:URL`: an LLM judge behind an OpenAI-compatible endpoint (`posttrain serve`, vLLM, a hosted API), called
   with the `openai` client (temperature 0, `max_retries` retries with its backoff, `timeout` seconds), its verdict
   parsed as `#generate`'s. A refused connection, a timeout or an HTTP error after the retries is an unreadable
@@ -181,7 +182,7 @@ class RewardModelJudge:
 
 
 class LLMJudge:
-    MODES = ("logprob", "generate", "rating")
+    MODES = ("logprob", "generate", "rating", "generate-rating")
 
     def __init__(self, path: str, mode: str = "logprob", batch_size: int = 16, max_new_tokens: int = 32):
         if mode not in self.MODES:
@@ -222,11 +223,14 @@ class LLMJudge:
                     flat[i] = float((lp[k] * mask[k]).sum())
         return [flat[i * len(conts):(i + 1) * len(conts)] for i in range(len(prompts))]
 
+    @staticmethod
+    def _rating_messages(messages: list[Message], answer: str) -> list[Message]:
+        return [Message("system", JUDGE_SYSTEM),
+                Message("user", RATING_PROMPT.format(question=question_text(messages), answer=answer))]
+
     def ratings(self, prompts: list[list[Message]], answers: list[str]) -> list[float]:
         """The expected rating sum_k k p(k) on 1-9 of each answer alone (`RATING_PROMPT`)."""
-        msgs = [[Message("system", JUDGE_SYSTEM),
-                 Message("user", RATING_PROMPT.format(question=question_text(m), answer=a))]
-                for m, a in zip(prompts, answers)]
+        msgs = [self._rating_messages(m, a) for m, a in zip(prompts, answers)]
         out = []
         for lps in self.continuation_logps(msgs, [f"[[{k}]]" for k in RATINGS]):
             top = max(lps)
@@ -237,7 +241,7 @@ class LLMJudge:
     def _too_long(self, p: Pair) -> str:
         """Why the judge cannot read this pair (its prompt does not fit the model's context), or ""."""
         limit = getattr(self.model.config, "max_position_embeddings", None)
-        extra = self.max_new_tokens if self.mode == "generate" else 16  # a verdict's or a rating's few tokens
+        extra = self.max_new_tokens if self.mode.startswith("generate") else 16  # what it writes, or a few tokens
         length = len(self.codec.prompt_ids(self._messages(p))) + extra
         return f"the judge prompt needs {length} positions; the model has {limit}" if limit and length > limit else ""
 
@@ -260,6 +264,17 @@ class LLMJudge:
                     for i in range(n)]
         from posttrain.rollout.generate import generate
 
+        if self.mode == "generate-rating":  # each answer rated alone in writing, [[r]] (or [r]) on 1-10
+            msgs = [self._rating_messages(p.messages, a) for p in pairs for a in (p.first, p.second)]
+            outs = generate(self.model, self.tok, msgs, max_new_tokens=self.max_new_tokens, temperature=0.0,
+                            batch_size=self.batch_size)
+            out = []
+            for i in range(len(pairs)):
+                a, b = (o["text"] for o in outs[2 * i:2 * i + 2])
+                ra, rb = parse_rating(a), parse_rating(b)
+                out.append(Verdict(None, raw=f"{a!r} / {b!r}") if ra is None or rb is None
+                           else Verdict(_verdict_of(ra - rb), raw=f"ratings {ra:g} vs {rb:g}"))
+            return out
         outs = generate(self.model, self.tok, [self._messages(p) for p in pairs], max_new_tokens=self.max_new_tokens,
                         temperature=0.0, batch_size=self.batch_size)
         return [Verdict(parse_verdict(o["text"]), raw=o["text"]) for o in outs]
@@ -327,7 +342,8 @@ def make_judge(spec: str, seed: int = 0) -> Judge:
     if kind in ("http", "https") and rest:
         url, _, model = spec.partition("#")
         return HTTPJudge(url, model or None)
-    raise UserError(f"judge: '{spec}' is not one of gold, annotator:NAME, rm:PATH, llm:PATH[#generate|#rating], "
+    raise UserError(f"judge: '{spec}' is not one of gold, annotator:NAME, rm:PATH, "
+                    f"llm:PATH[#generate|#rating|#generate-rating], "
                     f"http://HOST:PORT/v1[#MODEL]")
 
 
