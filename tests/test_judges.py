@@ -280,9 +280,9 @@ def test_arena_command_on_tiny_models(model_dir, tmp_path, capsys):
     # the same model twice: the same answers, every battle a tie, both at 1000
     assert all(r["rating"] == pytest.approx(1000, abs=1e-6) for r in board["models"])
     assert json.loads((out / "answers" / "one.json").read_text()) == json.loads((out / "answers" / "two.json").read_text())
-    with pytest.raises(UserError, match="at least two models"):
+    with pytest.raises(UserError, match="--models: give at least two"):
         run(["arena", "--models", str(model_dir)])
-    with pytest.raises(UserError, match="two models are named"):
+    with pytest.raises(UserError, match="two are named"):
         parse_models(f"{model_dir},{model_dir}")
     with pytest.raises(UserError, match="not one of gold"):
         run(["arena", "--models", models, "--judge", "oracle", "--out", str(out)])

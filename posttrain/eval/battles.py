@@ -90,7 +90,7 @@ def judge_bias(tasks: list[Task], answers: dict[str, list[dict]], baseline: str,
     return out
 
 
-def parse_models(text: str) -> list[tuple[str, str]]:
+def parse_models(text: str, flag: str = "--models") -> list[tuple[str, str]]:
     """`name=path,name=path` or `path,path` (each named by its folder) -> [(name, path)]; two models of one name
     are refused."""
     out = []
@@ -101,10 +101,10 @@ def parse_models(text: str) -> list[tuple[str, str]]:
         out.append((name, path))
     names = [n for n, _ in out]
     if len(out) < 2:
-        raise UserError(f"--models: give at least two models (name=path,name=path), got {len(out)}")
+        raise UserError(f"{flag}: give at least two (name=path,name=path), got {len(out)}")
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
-        raise UserError(f"--models: two models are named '{dup[0]}'; name them: name=path")
+        raise UserError(f"{flag}: two are named '{dup[0]}'; name them: name=path")
     return out
 
 
@@ -257,7 +257,7 @@ def _arena_from_results(args) -> int:
     from posttrain.data.loading import read_json_file
     from posttrain.io import check_writable
 
-    files = parse_models(args.results)
+    files = parse_models(args.results, "--results")
     check_writable(os.path.join(args.out, "leaderboard.json"), "--out")
     answers, first, tasks = {}, None, []
     for name, path in files:
