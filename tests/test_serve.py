@@ -268,7 +268,10 @@ def test_the_command_prints_its_url_serves_and_stops_on_ctrl_c(model_dir):
                                                        "messages": [{"role": "user", "content": "hi"}]})
         assert status == 200 and len(out["choices"]) == 1
     finally:
-        proc.send_signal(signal.SIGINT)   # uvicorn shuts down, then re-raises it: the CLI's "interrupted", 130
+        proc.send_signal(signal.SIGINT)   # uvicorn shuts down, then (usually) re-raises it: "interrupted", 130
         code, err = proc.wait(30), proc.stderr.read()
-    assert code == 130 and err.rstrip().endswith("interrupted") and "Traceback" not in err, err
+    # A clean shutdown either way: uvicorn re-raises the SIGINT it handled (the CLI's "interrupted", exit 130) or,
+    # when the signal lands while it is already stopping, returns normally (exit 0); never a traceback.
+    assert "Application shutdown complete." in err and "Traceback" not in err, err
+    assert (code == 130 and err.rstrip().endswith("interrupted")) or code == 0, (code, err)
     assert "batch of 1 rows from 1 requests" in err   # each batch is logged at INFO
