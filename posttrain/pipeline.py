@@ -499,6 +499,17 @@ def _arena_judges(ctx: Context) -> dict[str, str]:
     return out
 
 
+def _check_arena(cfg: PipelineConfig) -> None:
+    """arena.judges refused before any stage runs: gold, rm or annotator:NAME (the pipeline's arena judges)."""
+    from posttrain.world.annotators import ANNOTATORS
+
+    names = ["gold", "rm", *(f"annotator:{a}" for a in ANNOTATORS)]
+    for j in cfg.arena.judges:
+        if j not in names:
+            raise UserError(f"config key 'arena.judges': unknown judge '{j}'{did_you_mean(j, names)}; the "
+                            f"pipeline's arena takes {', '.join(names)}")
+
+
 def _arena_settings(ctx: Context) -> PipelineArenaConfig:
     return ctx.cfg.arena
 
@@ -614,7 +625,8 @@ STAGES: list[Stage] = [
                   "held-out prompts", _eval_settings, run_eval, done=_eval_done),
     Stage("arena", "round-robin battles between the evaluated models on the evaluation's answers, judged in both "
                    "orders by gold and the reward model, and their Bradley-Terry ratings", _arena_settings,
-          run_arena_stage, needs=("eval",), enabled=lambda cfg: cfg.arena.enabled, done=_arena_done),
+          run_arena_stage, needs=("eval",), enabled=lambda cfg: cfg.arena.enabled, done=_arena_done,
+          check=_check_arena),
 ]
 
 

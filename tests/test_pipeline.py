@@ -309,3 +309,9 @@ def test_rl_with_preferences_adds_a_ppo_stage_rewarded_by_the_reward_model(model
     assert "<th>ppo</th>" in html and "objective/scores" in read_metrics(out / "ppo")[-1]
     with pytest.raises(UserError, match="ppo.rewards"):
         pipeline.main(small(model_dir, tmp_path / "x", "ppo.rewards=[world]"))
+
+
+def test_an_unknown_arena_judge_is_refused_before_any_work(model_dir, tmp_path):
+    with pytest.raises(UserError, match=r"'arena.judges': unknown judge 'annotator:lenght' \(did you mean 'annotator:length'"):
+        pipeline.main(small(model_dir, tmp_path / "p", "arena.judges=[gold,annotator:lenght]"))
+    assert not (tmp_path / "p").exists()
