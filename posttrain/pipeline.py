@@ -519,10 +519,14 @@ def run_arena_stage(ctx: Context, s: PipelineArenaConfig) -> dict:
     (`eval/NAME.json` samples), for each judge."""
     from posttrain.eval.battles import format_judge, run_arena, tasks_of
 
-    answers = {}
+    answers, tasks = {}, None
     for name in ctx.models():
         result = json.loads(_eval_path(ctx, name).read_text())
-        tasks = tasks_of(result, str(_eval_path(ctx, name)))  # the evaluation's prompts, drawn again and checked
+        if tasks is None:  # the evaluation's prompts, drawn again once and checked against every result
+            tasks = tasks_of(result, str(_eval_path(ctx, name)))
+            texts = [t.prompt_text() for t in tasks]
+        if [x.get("prompt_text", x["prompt"]) for x in result["samples"]] != texts:
+            raise RuntimeError(f"arena: eval/{name}.json is not on the evaluation's prompts")
         answers[name] = [{"text": x["response"], "stopped": x["stopped"]} for x in result["samples"]]
     if s.bon_n and ctx.results.get("rm") and "sft" in answers:
         answers[f"bon{s.bon_n}"] = _bon_entrant(ctx, s, tasks)
@@ -538,7 +542,6 @@ def run_arena_stage(ctx: Context, s: PipelineArenaConfig) -> dict:
         from posttrain.eval.battles import judge_bias
 
         print("pipeline: judge bias: win rates against sft, raw and length-controlled, under four judges")
-        tasks = tasks_of(json.loads(_eval_path(ctx, "sft").read_text()), str(_eval_path(ctx, "sft")))
         rows = judge_bias(tasks, answers, "sft", n_boot=s.bootstrap, seed=ctx.cfg.eval.seed)
         atomic_write_json(ctx.out / "arena" / "judge_bias.json", rows)
         result["judge_bias"] = str(ctx.out / "arena" / "judge_bias.json")

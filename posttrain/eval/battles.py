@@ -264,9 +264,9 @@ def _arena_from_results(args) -> int:
         r = read_json_file(path)
         if not isinstance(r, dict) or "samples" not in r:
             raise UserError(f"{path}: not an `eval world --out` result (no 'samples')")
-        tasks = tasks_of(r, path)
         prompts = [x.get("prompt_text", x["prompt"]) for x in r["samples"]]
         if first is None:
+            tasks = tasks_of(r, path)  # drawn again once; the other results must be on the same prompts
             first = (path, r, prompts)
         elif prompts != first[2]:
             raise UserError(f"{path}: not on the same prompts as {first[0]} (evaluate with the same --n and --seed)")
