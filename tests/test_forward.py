@@ -63,3 +63,60 @@ def test_pack_lengths_is_pack_rows_on_lengths(tok):
 
     rows = _rows(tok) * 5
     assert pack_rows(rows, 50) == pack_lengths([len(r.input_ids) for r in rows], 50)
+
+
+def _shared_groups(tok):
+    """Three pairs of two responses to one prompt each (the last pair's prompts differ: no stem), two of them in
+    one row."""
+    rows = _rows(tok)
+    r = Renderer(tok, 64)
+    odd = (r.render(Conversation([Message("user", "What is 2 + 3?"), Message("assistant", "5")])),
+           r.render(Conversation([Message("user", "List 2 words."), Message("assistant", "sky, sea.")])))
+    pairs = [(rows[0], rows[1]), (rows[2], rows[3]), odd]
+    return pairs, [[pairs[0], pairs[2]], [pairs[1]]]
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_logps_equal_each_sequence_alone(tok, model_dir, attn):
+    """The prompt written once per pair, each response attending to it through the 4-D mask: every response's
+    summed log-prob equals the sequence alone through a plain forward, with sdpa (boolean mask) and eager
+    (the mask made additive)."""
+    from posttrain.data.collate import pair_stem, shared_prompt_batch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=attn).eval()
+    pairs, groups = _shared_groups(tok)
+    batch = shared_prompt_batch(groups, tok.pad_token_id)
+    widths = [sum(len(a.input_ids) + len(b.input_ids) - pair_stem(a, b) for a, b in g) for g in groups]
+    assert batch["input_ids"].shape == (2, max(widths)) and batch["attention_mask"].shape == (2, 1, max(widths), max(widths))
+    with torch.no_grad():
+        sums, counts = sequence_logps(model, batch, n_docs=6)
+    for k, row in enumerate(side for g in groups for pair in g for side in pair):
+        want, n = _alone(model, row)
+        assert counts[k].item() == n == row.n_trained
+        assert sums[k].item() == pytest.approx(want, abs=1e-5)
+
+
+def test_shared_prompt_layout_by_hand(tok):
+    """The stem is the shared untrained prefix less its last token; positions count on from it in both segments;
+    a response token sees its own pair's stem and segment, never the other response, another pair or padding."""
+    from posttrain.data.collate import pair_stem, shared_prefix, shared_prompt_batch
+
+    pairs, groups = _shared_groups(tok)
+    (a, b), odd = pairs[0], pairs[2]
+    p = shared_prefix(a, b)
+    assert a.input_ids[:p] == b.input_ids[:p] and a.labels[p] != IGNORE and a.labels[p - 1] == IGNORE
+    assert pair_stem(a, b) == p - 1 and pair_stem(*odd) == shared_prefix(*odd) - 1 < p - 1
+    batch = shared_prompt_batch([[pairs[0]]], tok.pad_token_id)
+    s, na, nb = p - 1, len(a.input_ids), len(b.input_ids)
+    assert batch["input_ids"][0].tolist() == a.input_ids + b.input_ids[s:]
+    assert batch["position_ids"][0].tolist() == list(range(na)) + list(range(s, nb))
+    assert batch["doc_ids"][0].tolist() == [-1] * s + [0] * (na - s) + [1] * (nb - s)
+    mask = batch["attention_mask"][0, 0]
+    first_b = na  # b's segment starts after a's
+    assert mask[first_b, :s].all() and not mask[first_b, s:na].any() and mask[first_b, first_b]
+    assert mask[na - 1, :na].all() and not mask[na - 1, na:].any()
+    padded = shared_prompt_batch(groups, tok.pad_token_id)
+    row1 = padded["attention_mask"][1, 0]
+    used = sum(len(x.input_ids) for x in pairs[1]) - pair_stem(*pairs[1])
+    assert not row1[:used, used:].any() and row1[used:, used:].diagonal().all()  # padding seen by no one

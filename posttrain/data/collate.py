@@ -103,3 +103,65 @@ def packed_batch(groups: list[list[Rendered]], pad_id: int, pad_to: int = 0,
             pos[b, t:] = torch.arange(last + 1, last + 1 + width - t)
     out = {"input_ids": ids, "position_ids": pos, "labels": labels}
     return {**out, "doc_ids": docs} if doc_ids else out
+
+
+def shared_prefix(a: Rendered, b: Rendered) -> int:
+    """How many leading tokens two sequences share that neither trains: a preference pair's prompt."""
+    n = 0
+    for x, y, la, lb in zip(a.input_ids, b.input_ids, a.labels, b.labels):
+        if x != y or la != IGNORE or lb != IGNORE:
+            break
+        n += 1
+    return n
+
+
+def pair_stem(a: Rendered, b: Rendered) -> int:
+    """The tokens of a pair written once in a shared-prompt row (`shared_prompt_batch`): its shared prompt but
+    the prompt's last token, which each response's segment repeats so that it can predict the response's first
+    token."""
+    return max(shared_prefix(a, b) - 1, 0)
+
+
+def shared_prompt_batch(groups: list[list[tuple[Rendered, Rendered]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Preference pairs packed into rows with each pair's prompt computed once for both responses.
+
+    A pair (a, b) with stem s (`pair_stem`) is laid out as a[:s], then a[s:], then b[s:]: the prompt once, each
+    response after its own copy of the prompt's last token. Position ids count on from the stem in both
+    segments, so each response sees the positions it would alone; a 4-D boolean `attention_mask` (B, 1, T, T;
+    True = attend, what transformers passes through as a custom mask) lets a token attend, causally, to its
+    own pair's stem and its own segment only (padding attends to padding). The log-probabilities are those of
+    the two sequences computed alone: `models.forward.sequence_logps` reads them by `doc_ids` (a[s:] of the
+    k-th pair is document 2k, b[s:] document 2k + 1, -1 on stems and padding), as it reads `packed_batch`.
+    Returns input_ids, position_ids, labels, doc_ids (B, T) and attention_mask.
+    """
+    spans = [[(pair_stem(a, b), a, b) for a, b in g] for g in groups]
+    width = max(sum(len(a.input_ids) + len(b.input_ids) - s for s, a, b in g) for g in spans)
+    shape = (len(groups), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE, dtype=torch.long)
+    pos = torch.zeros(shape, dtype=torch.long)
+    docs = torch.full(shape, -1, dtype=torch.long)
+    pair = torch.full(shape, -1, dtype=torch.long)  # which pair of the row a position belongs to
+    side = torch.full(shape, 3, dtype=torch.long)   # 0 stem, 1 first response, 2 second, 3 padding
+    d = 0
+    for row, g in enumerate(spans):
+        t = 0
+        for k, (s, a, b) in enumerate(g):
+            pieces = [(a.input_ids[:s], a.labels[:s], 0, -1, 0), (a.input_ids[s:], a.labels[s:], 1, d, s),
+                      (b.input_ids[s:], b.labels[s:], 2, d + 1, s)]
+            for piece_ids, piece_labels, which, doc, first in pieces:
+                n = len(piece_ids)
+                if not n:
+                    continue
+                ids[row, t:t + n] = torch.tensor(piece_ids)
+                labels[row, t:t + n] = torch.tensor([IGNORE] + piece_labels[1:])
+                pos[row, t:t + n] = torch.arange(first, first + n)
+                docs[row, t:t + n], pair[row, t:t + n], side[row, t:t + n] = doc, k, which
+                t += n
+            d += 2
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_pair = pair[:, :, None] == pair[:, None, :]
+    sees = (side[:, None, :] == 0) | (side[:, :, None] == side[:, None, :])
+    mask = (same_pair & sees & causal) | torch.eye(width, dtype=torch.bool)
+    return {"input_ids": ids, "position_ids": pos, "labels": labels, "doc_ids": docs,
+            "attention_mask": mask[:, None]}

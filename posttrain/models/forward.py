@@ -8,6 +8,31 @@ from transformers import PreTrainedModel
 
 IGNORE = -100
 _NOT_MODEL_INPUTS = ("labels", "doc_ids")
+CUSTOM_MASK_ATTENTION = ("sdpa", "eager")  # attention implementations that take a 4-D mask as it is given
+
+
+def attention_implementation(model: torch.nn.Module) -> str:
+    """The attention implementation a (possibly wrapped: DDP, peft) transformers model runs."""
+    model = getattr(model, "module", model)
+    return getattr(getattr(model, "config", None), "_attn_implementation", None) or "eager"
+
+
+def takes_custom_mask(model: torch.nn.Module) -> bool:
+    """Whether `model` attends through a 4-D mask it is given (`data.collate.shared_prompt_batch`): sdpa and
+    eager do; flash attention and flex attention do not."""
+    return attention_implementation(model) in CUSTOM_MASK_ATTENTION
+
+
+def model_inputs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch's model inputs: without labels and doc_ids, and a 4-D boolean mask made additive (0 / the
+    dtype's lowest) for eager attention, which adds its mask to the scores (sdpa takes booleans)."""
+    inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 4 and mask.dtype == torch.bool and attention_implementation(model) == "eager":
+        dtype = next(model.parameters()).dtype
+        inputs["attention_mask"] = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+            ~mask, torch.finfo(dtype).min)
+    return inputs
 
 
 def target_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -18,14 +43,15 @@ def target_positions(labels: torch.Tensor) -> torch.Tensor:
 def response_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the positions that predict trained tokens, and those tokens.
 
-    batch: input_ids and labels (B, T), plus attention_mask or position_ids (B, T).
+    batch: input_ids and labels (B, T), plus attention_mask or position_ids (B, T), or both with a 4-D
+    attention_mask (`data.collate.shared_prompt_batch`).
     Returns logits (B, K, V) and targets (B, K), K = positions with a trained next token in any row.
     The output head runs on those K positions only (`logits_to_keep`), which skips the vocabulary
     projection for prompt tokens: most of the cost of a small model with a large vocabulary.
     """
     labels = batch["labels"]
     keep = target_positions(labels)
-    inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+    inputs = model_inputs(model, batch)
     try:
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     except TypeError:  # a model without logits_to_keep: full logits, then select
@@ -103,7 +129,7 @@ def token_values(backbone: torch.nn.Module, head: torch.nn.Module, batch: dict[s
     a sequence classifier's body (`model.base_model`) and `head` its `score` (or any hidden -> 1 module)."""
     labels = batch["labels"]
     keep = target_positions(labels)
-    inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+    inputs = model_inputs(backbone, batch)
     hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, keep]
     values = head(hidden).squeeze(-1)
     trained = labels[:, keep + 1] != IGNORE

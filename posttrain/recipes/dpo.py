@@ -8,9 +8,11 @@ Choices this recipe makes:
   the loss mask on the response. A pair whose two responses are identical, or one of whose sides the renderer
   drops (an empty response, a response truncation removed), is dropped and counted, never trained on.
 - `batch_size` counts pairs (global, over processes and accumulation), `micro_batch_size` pairs per forward.
-  A micro-batch's pairs are packed into rows, both sides of a pair in one row with position ids restarting per
-  sequence: chosen and rejected in one forward pass, no padding between sequences, and the output head only at
-  positions that predict a response token (`models.forward.sequence_logps`).
+  A micro-batch's pairs are packed into rows, both sides of a pair in one row: chosen and rejected in one
+  forward pass, the prompt computed once for both (its tokens written once, each response attending to it
+  through a 4-D mask; `data.collate.shared_prompt_batch`; with flash or flex attention, which take no custom
+  mask, the two sequences follow each other whole, position ids restarting), no padding between sequences,
+  and the output head only at positions that predict a response token (`models.forward.sequence_logps`).
 - The reference-based losses (dpo, cdpo, ipo, hinge) take the reference log-probabilities from a cache computed
   once, before the first step, with the starting model (`reference/logps.pt` in the run folder): one model in
   memory while the policy trains. With LoRA the starting model is the base with zero-initialised adapters,
@@ -32,13 +34,13 @@ from typing import ClassVar, Literal
 import torch
 
 from posttrain.config import doc, section
-from posttrain.data.collate import pack_lengths, packed_batch
+from posttrain.data.collate import pack_lengths, packed_batch, pair_stem, shared_prompt_batch
 from posttrain.data.render import Rendered, Renderer, render_pairs
 from posttrain.data.types import Preference
 from posttrain.errors import UserError
 from posttrain.io import atomic_dir
 from posttrain.losses.preference import LOSSES, example_mean, needs_reference, preference_loss
-from posttrain.models.forward import sequence_logps
+from posttrain.models.forward import sequence_logps, takes_custom_mask
 from posttrain.models.load import load_tokenizer
 from posttrain.recipes import common
 
@@ -115,22 +117,27 @@ def build_data(cfg: DPOConfig, tok) -> tuple[list[Pair], list[Pair], Counter]:
     return pairs, eval_pairs, dropped
 
 
-def pair_batch(pairs: list[Pair], chunk: list[int], pad_id: int) -> tuple[dict, list[int]]:
+def pair_batch(pairs: list[Pair], chunk: list[int], pad_id: int, share_prompt: bool = True) -> tuple[dict, list[int]]:
     """The chunk's pairs packed into rows as wide as its longest pair (a pair's two sequences share a row; rows
     no wider than that keep attention, which a CPU computes over the whole row, close to the work needed).
-    Returns the batch (with doc_ids: chosen of the k-th pair is document 2k, its rejected 2k + 1) and the
-    pairs' order."""
-    lengths = [len(pairs[i][0].input_ids) + len(pairs[i][1].input_ids) for i in chunk]
+    With `share_prompt` each pair's prompt is written, and computed, once for both responses
+    (`data.collate.shared_prompt_batch`, a 4-D mask); without, the two sequences follow each other whole
+    (`packed_batch`, position ids only: for attention that takes no custom mask). Returns the batch (with
+    doc_ids: chosen of the k-th pair is document 2k, its rejected 2k + 1) and the pairs' order."""
+    stems = [pair_stem(*pairs[i]) if share_prompt else 0 for i in chunk]
+    lengths = [len(pairs[i][0].input_ids) + len(pairs[i][1].input_ids) - s for i, s in zip(chunk, stems)]
     groups = pack_lengths(lengths, max(lengths))
     order = [chunk[j] for g in groups for j in g]
+    if share_prompt:
+        return shared_prompt_batch([[pairs[chunk[j]] for j in g] for g in groups], pad_id), order
     rows = [[seq for j in g for seq in pairs[chunk[j]]] for g in groups]
     return packed_batch(rows, pad_id, doc_ids=True), order
 
 
 def pair_logps(model, acc, pairs: list[Pair], chunk: list[int], pad_id: int):
     """Summed log-probs and token counts of each pair's chosen and rejected response, (n, 2) each, in the
-    order of `chunk`."""
-    batch, order = pair_batch(pairs, chunk, pad_id)
+    order of `chunk`; the prompt computed once per pair where the model's attention takes a custom mask."""
+    batch, order = pair_batch(pairs, chunk, pad_id, share_prompt=takes_custom_mask(model))
     batch = {k: v.to(acc.device) for k, v in batch.items()}
     with acc.autocast():
         sums, counts = sequence_logps(model, batch, 2 * len(order))
