@@ -246,8 +246,8 @@ def run_trl(s: Setup, mode: str = "padding") -> dict:
 
 def run_posttrain(s: Setup, mode: str = "default") -> dict:
     """posttrain's DPO recipe in-process (the same `main(cfg)` as `posttrain dpo ...`), fp32, default settings
-    (a micro-batch's pairs packed into rows, both sequences of a pair in one row, the output head only where a
-    response token is predicted), with the Setup's batch, lr schedule, AdamW, clipping and beta. `mode`: default,
+    (a micro-batch's pairs packed into rows, both sequences of a pair in one row with their prompt computed once,
+    the output head only where a response token is predicted), with the Setup's batch, lr schedule, AdamW, clipping and beta. `mode`: default,
     or compile (`compile=true`). Per-step trained tokens, loss, wall time and CPU time come from the run's
     metrics.jsonl (`train/elapsed_s`, `train/cpu_s`, both counted from before the reference pass)."""
     import torch

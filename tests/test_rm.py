@@ -387,3 +387,27 @@ def test_a_model_that_emits_nan(model_dir, tok, pref_file, tmp_path):
     save_file(w, good / "model" / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(UserError, match="non-finite score \\(nan\\) for .*prefs.jsonl:"):
         rm.score_cli(["--model", str(good / "model"), "--data", str(pref_file)])
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_rewards_equal_each_side_alone(model_dir, tok, pref_file, attn):
+    """Both sides of a pair in one row, their common start computed once (sdpa's boolean mask, eager's additive
+    one): every reward equals the side scored alone by plain HF (one unpadded row), also when one side is the
+    other's start ("Yes" against "Yes, it is."), which leaves it a segment of one token."""
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = load_config(RMConfig, None, [f"model={model_dir}", f"data={pref_file}", "data.max_seq_len=64"])
+    pairs, _, _ = rm.build_data(cfg, tok)
+    prefix = write_jsonl(Path(str(pref_file) + ".prefix.jsonl"),
+                         [{"prompt": "Is it raining?", "chosen": "Yes", "rejected": "Yes, it is."}])
+    extra, _ = rm.build_pairs(rm._load_rows(str(prefix), "auto", None, "data"), Renderer(tok, 64), 0.0)
+    assert extra.seqs[0][1][:len(extra.seqs[0][0])] == extra.seqs[0][0]  # chosen is the start of rejected
+    pairs.seqs += extra.seqs
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, attn_implementation=attn).eval()
+    chunk = list(range(len(pairs)))[-9:]
+    with torch.no_grad():
+        got = rm.pair_rewards(model, pairs, chunk, tok.pad_token_id, "cpu")
+        want = torch.tensor([[model(input_ids=torch.tensor([s])).logits[0, 0].item() for s in pairs.seqs[i]]
+                             for i in chunk])
+    assert got.shape == (9, 2) and torch.allclose(got, want, atol=1e-5)

@@ -14,9 +14,12 @@ Choices this recipe makes:
   pools exactly there, even when pad == EOS and EOS closes earlier turns (tested against plain
   `AutoModelForSequenceClassification` on a padded batch, to 1e-5). `config.pad_token_id` is saved with the model.
   (TRL pools the last token of the whole template render instead: the stop token, or the text after it.)
-- No packing: the head pools one position per row, so a micro-batch is 2n right-padded rows (the n pairs' chosen,
-  then their rejected) in one forward pass; the step's pairs are sorted by length before they are cut into
-  micro-batches, so rows of similar length share a batch.
+- Both sides of a pair in one row, their common start (the prompt) computed once: the rows of
+  `data.collate.shared_prompt_batch` (as DPO's), with a 4-D mask so that each side attends to the shared start and
+  itself only, the head read at each side's last token; rows as wide as the micro-batch's longest pair. For
+  attention that takes no custom mask (flash, flex), 2n right-padded rows (the n pairs' chosen, then their
+  rejected). Either way one forward pass per micro-batch, equal to scoring each side alone (tested), and the
+  step's pairs are sorted by length before they are cut into micro-batches.
 - `batch_size` counts pairs; the loss of a step is the mean over its pairs (`example_mean` with the global pair
   count), so any split over accumulation and processes gives the same gradients.
 - Loss: `losses.reward.bradley_terry_loss`. `margin_scale` > 0 (off by default) subtracts a margin from each pair's
@@ -56,6 +59,8 @@ from posttrain.errors import UserError
 from posttrain.io import atomic_write_text, check_writable
 from posttrain.losses.preference import example_mean
 from posttrain.losses.reward import bradley_terry_loss
+from posttrain.data.collate import pack_lengths, pair_stem, shared_prompt_batch
+from posttrain.models.forward import model_inputs, takes_custom_mask
 from posttrain.models.load import check_model_folder, load_tokenizer
 from posttrain.recipes import common
 from posttrain.recipes.dpo import PrefDataConfig, render_pairs
@@ -191,18 +196,52 @@ def rewards(model, seqs: list[list[int]], pad_id: int, device) -> torch.Tensor:
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, : len(s)], mask[i, : len(s)] = torch.tensor(s), 1
+    out = _head_outputs(model, {"input_ids": ids.to(device), "attention_mask": mask.to(device)})
+    last = torch.tensor([len(s) - 1 for s in seqs], device=out.device)
+    return out[torch.arange(len(seqs), device=last.device), last].float()
+
+
+def _head_outputs(model, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The head's output at every position (B, T) of one forward pass through `model` itself (a DDP wrapper syncs
+    gradients only then), taken with a hook on `score`."""
     per_position: list[torch.Tensor] = []
     hook = getattr(model, "module", model).score.register_forward_hook(lambda _m, _x, y: per_position.append(y))
     try:
-        model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+        model(**inputs, use_cache=False)
     finally:
         hook.remove()
-    last = torch.tensor([len(s) - 1 for s in seqs], device=per_position[0].device)
-    return per_position[0][torch.arange(len(seqs), device=last.device), last, 0].float()
+    return per_position[0][..., 0]
+
+
+def shared_pair_rewards(model, pairs: Pairs, chunk: list[int], pad_id: int, device) -> torch.Tensor:
+    """(n, 2) rewards of the chunk's pairs with each pair's common start computed once: the rows of
+    `data.collate.shared_prompt_batch` (both sides of a pair in one row, a 4-D mask), the head read at the last
+    token of each side's segment. Equal to scoring each side alone (tested)."""
+    sides = [tuple(Rendered(list(s), [IGNORE] * len(s)) for s in pairs.seqs[i]) for i in chunk]
+    stems = [pair_stem(*p) for p in sides]
+    lengths = [len(a.input_ids) + len(b.input_ids) - s for (a, b), s in zip(sides, stems)]
+    groups = pack_lengths(lengths, max(lengths))
+    batch = shared_prompt_batch([[sides[j] for j in g] for g in groups], pad_id)
+    docs = batch.pop("doc_ids")
+    del batch["labels"]
+    out = _head_outputs(model, model_inputs(model, {k: v.to(device) for k, v in batch.items()}))
+    # the last position of each document (a side's segment): its reward
+    n_docs = 2 * len(chunk)
+    where = torch.arange(docs.numel()).view(docs.shape)
+    last = torch.full((n_docs,), -1, dtype=torch.long).scatter_reduce(
+        0, docs[docs >= 0], where[docs >= 0], reduce="amax")
+    r = out.flatten()[last.to(out.device)].float().view(-1, 2)
+    order = [j for g in groups for j in g]  # documents 2k, 2k + 1 belong to pair order[k]
+    back = torch.empty(len(chunk), dtype=torch.long)
+    back[torch.tensor(order)] = torch.arange(len(chunk))
+    return r[back.to(r.device)]
 
 
 def pair_rewards(model, pairs: Pairs, chunk: list[int], pad_id: int, device) -> torch.Tensor:
-    """(n, 2) rewards of the chunk's chosen and rejected sides, from one forward pass of 2n rows."""
+    """(n, 2) rewards of the chunk's chosen and rejected sides, from one forward pass: shared-prompt rows
+    (`shared_pair_rewards`) where the model's attention takes a custom mask, else 2n right-padded rows."""
+    if takes_custom_mask(model):
+        return shared_pair_rewards(model, pairs, chunk, pad_id, device)
     seqs = [pairs.seqs[i][0] for i in chunk] + [pairs.seqs[i][1] for i in chunk]
     r = rewards(model, seqs, pad_id, device)
     return torch.stack([r[: len(chunk)], r[len(chunk):]], dim=1)
