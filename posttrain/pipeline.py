@@ -176,6 +176,9 @@ class PipelineConfig:
                                      "into sft_noisy/ and report it beside sft: quality against quantity")
     preferences: bool = doc(False, "also the preference stages: prefs (pairs from the SFT model, labelled by a "
                                    "simulated annotator) and dpo from the SFT model on them (in progress: see the README)")
+    dpo_rounds: int = doc(1, "rounds of DPO (with preferences): 2 adds prefs2 (the dpo model's own responses to "
+                             "other train prompts, labelled by the same annotator) and dpo2 (DPO from the SFT model "
+                             "on the pairs of both rounds: iterative DPO with its data accumulated)", ge=1, le=2)
     resume: bool = doc(True, "skip finished stages and resume an interrupted one; false: start the run over "
                              "(the run folder's stages are removed first)", changes_result=False)
     data: WorldDataConfig = section(WorldDataConfig, "the data stages (the world's SFT data)")
@@ -298,24 +301,53 @@ def _prefs_settings(ctx: Context) -> PrefsSettings:
     return PrefsSettings(ctx.results["sft"]["model"], ctx.cfg.seed, ctx.cfg.prefs)
 
 
-def run_prefs(ctx: Context, s: PrefsSettings) -> dict:
-    """Sample K responses per train prompt from the SFT model, score them with gold, label pairs."""
+def _prefs2_settings(ctx: Context) -> PrefsSettings:
+    """Round 2 samples the first DPO model, on the train prompts of the next seed."""
+    return PrefsSettings(ctx.results["dpo"]["model"], ctx.cfg.seed + 1, ctx.cfg.prefs)
+
+
+def _train_pairs(ctx: Context, s: PrefsSettings, stage: str):
+    """K responses per train prompt from `s.policy`, scored with gold, labelled into pairs, written to
+    `<stage>/prefs.jsonl`. Returns (model, tokenizer, path, records, report)."""
     from posttrain.models.load import load_model, load_tokenizer
     from posttrain.rollout.prefs import format_report, make_preferences
     from posttrain.world.sft_data import write_jsonl
 
     c = s.config
     tok, model = load_tokenizer(s.policy), load_model(s.policy)
-    print(f"pipeline: prefs: {c.k} responses for each of {c.n_prompts} train prompts, labelled by '{c.annotator}'")
+    print(f"pipeline: {stage}: {c.k} responses of {s.policy} for each of {c.n_prompts} train prompts, labelled by "
+          f"'{c.annotator}'")
     records, report = make_preferences(model, tok, c.n_prompts, c.k, c.annotator, seed=s.seed, mode=c.mode,
                                        temperature=c.temperature, max_new_tokens=c.max_new_tokens,
-                                       batch_size=c.batch_size, progress="prefs")
+                                       batch_size=c.batch_size, progress=stage)
     if not records:
-        raise UserError("pipeline: prefs: no preference pair (every prompt's responses have the same gold); "
+        raise UserError(f"pipeline: {stage}: no preference pair (every prompt's responses have the same gold); "
                         "raise prefs.k or prefs.temperature")
-    path = ctx.out / "prefs" / "prefs.jsonl"
+    path = ctx.out / stage / "prefs.jsonl"
     write_jsonl(records, path)
     print(format_report(report))
+    return model, tok, path, records, report
+
+
+def run_prefs2(ctx: Context, s: PrefsSettings) -> dict:
+    """Round 2 of DPO's data: the first DPO model's own samples, labelled like round 1's, and all.jsonl with the
+    pairs of both rounds (what dpo2 trains on)."""
+    _, _, path, records, report = _train_pairs(ctx, s, "prefs2")
+    first = Path(ctx.results["prefs"]["data"])
+    both = ctx.out / "prefs2" / "all.jsonl"
+    atomic_write_text(both, first.read_text() + path.read_text())
+    pairs = ctx.results["prefs"]["pairs"] + len(records)
+    print(f"pipeline: prefs2: {len(records)} new pairs; {pairs} with round 1's in {both}")
+    return {"data": str(both), "round_data": str(path), "pairs": pairs, "round_pairs": len(records), "report": report}
+
+
+def run_prefs(ctx: Context, s: PrefsSettings) -> dict:
+    """Sample K responses per train prompt from the SFT model, score them with gold, label pairs."""
+    from posttrain.rollout.prefs import format_report, make_preferences
+    from posttrain.world.sft_data import write_jsonl
+
+    c = s.config
+    model, tok, path, records, report = _train_pairs(ctx, s, "prefs")
     print(f"pipeline: prefs: the same for {c.test_prompts} held-out test prompts (the reward model's evaluation)")
     held, test_report = make_preferences(model, tok, c.test_prompts, c.k, c.annotator, seed=s.seed, mode="all",
                                          temperature=c.temperature, max_new_tokens=c.max_new_tokens,
@@ -327,11 +359,14 @@ def run_prefs(ctx: Context, s: PrefsSettings) -> dict:
             "test_pairs": len(held), "test_report": test_report}
 
 
-def _dpo_settings(ctx: Context) -> DPOConfig:
-    c = ctx.cfg.dpo
-    return dataclasses.replace(c, model=dataclasses.replace(c.model, path=ctx.results["sft"]["model"]),
-                               data=dataclasses.replace(c.data, path=ctx.results["prefs"]["data"]),
-                               output_dir=str(ctx.out / "dpo"), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
+def _dpo_settings(name: str, prefs_stage: str) -> Callable[[Context], DPOConfig]:
+    """DPO from the SFT model on the pairs of `prefs_stage`, into `<name>/`."""
+    def settings(ctx: Context) -> DPOConfig:
+        c = ctx.cfg.dpo
+        return dataclasses.replace(c, model=dataclasses.replace(c.model, path=ctx.results["sft"]["model"]),
+                                   data=dataclasses.replace(c.data, path=ctx.results[prefs_stage]["data"]),
+                                   output_dir=str(ctx.out / name), seed=ctx.cfg.seed, threads=ctx.cfg.threads)
+    return settings
 
 
 def _grpo_settings(ctx: Context) -> GRPOConfig:
@@ -586,6 +621,10 @@ def _preferences(cfg: PipelineConfig) -> bool:
     return cfg.preferences
 
 
+def _two_rounds(cfg: PipelineConfig) -> bool:
+    return _preferences(cfg) and cfg.dpo_rounds == 2
+
+
 def _check_prefs(cfg: PipelineConfig) -> None:
     from posttrain.eval.bon import check_ns
     from posttrain.world.annotators import get_annotator
@@ -615,8 +654,15 @@ STAGES: list[Stage] = [
           needs=("sft", "prefs"), enabled=_preferences, curves=("train/loss", "accuracy")),
     Stage("bon", "`posttrain bon`: best-of-n of the SFT model picked by the reward model, against gold",
           _bon_settings, run_bon, needs=("sft", "rm"), enabled=_preferences),
-    Stage("dpo", "`posttrain dpo` from the SFT model on those pairs", _dpo_settings, run_dpo, needs=("sft", "prefs"),
-          enabled=_preferences, model=True, curves=("train/loss", "rewards/margins", "rewards/accuracies"),
+    Stage("dpo", "`posttrain dpo` from the SFT model on those pairs", _dpo_settings("dpo", "prefs"), run_dpo,
+          needs=("sft", "prefs"), enabled=_preferences, model=True,
+          curves=("train/loss", "rewards/margins", "rewards/accuracies"), compare_to="sft"),
+    Stage("prefs2", "round 2 (dpo_rounds=2): the dpo model's own responses to the train prompts of the next seed, "
+                    "labelled by the same annotator, added to the prefs stage's pairs", _prefs2_settings, run_prefs2,
+          needs=("prefs", "dpo"), enabled=_two_rounds),
+    Stage("dpo2", "`posttrain dpo` from the SFT model on the pairs of both rounds (dpo_rounds=2: iterative DPO, its "
+                  "data accumulated)", _dpo_settings("dpo2", "prefs2"), run_dpo, needs=("sft", "prefs2"),
+          enabled=_two_rounds, model=True, curves=("train/loss", "rewards/margins", "rewards/accuracies"),
           compare_to="sft"),
     Stage("grpo", "`posttrain grpo` from the SFT model, rewarded by the world's gold",
           _grpo_settings, run_grpo, needs=("sft",), enabled=_rl, model=True,
@@ -976,6 +1022,9 @@ def main(cfg: PipelineConfig) -> dict:
     from posttrain.report.html import write_report
 
     base = resolve_base(cfg)  # before anything is written: a bad base leaves no run folder behind
+    if cfg.dpo_rounds > 1 and not cfg.preferences:
+        raise UserError(f"config key 'dpo_rounds': {cfg.dpo_rounds} rounds of DPO need the preference stages "
+                        "(set preferences=true)")
     selected = _selected(cfg)
     out = Path(cfg.output_dir)
     if not cfg.resume and out.exists():

@@ -181,7 +181,7 @@ def fake_generate(monkeypatch) -> None:
     from posttrain.world import sample_tasks
 
     refs = {tuple((m.role, m.content) for m in t.messages): t.reference
-            for split in ("train", "test") for t in sample_tasks(40, split, 0, distinct=True)}
+            for split in ("train", "test") for seed in (0, 1) for t in sample_tasks(40, split, seed, distinct=True)}
 
     real = gen.generate
 
@@ -243,6 +243,39 @@ def test_preference_stages_make_pairs_and_train_dpo_from_sft(model_dir, tmp_path
     assert {(x["model"], x["judge"]) for x in bias} == {
         (m, j) for m in ("base", "dpo", "bon4", "sft+padding")
         for j in ("gold", "annotator:fair", "annotator:length", "annotator:position")}
+
+
+def test_two_dpo_rounds_add_the_first_dpo_models_pairs_and_train_dpo2_from_sft(model_dir, tmp_path, monkeypatch):
+    """dpo_rounds=2: prefs2 samples the dpo model (on the next seed's train prompts), all.jsonl holds round 1's
+    pairs followed by round 2's, and dpo2 trains from the SFT model (the reference) on all of them; dpo2 is
+    evaluated and compared with sft."""
+    fake_generate(monkeypatch)
+    out = tmp_path / "p"
+    summary = pipeline.main(small(model_dir, out, "preferences=true", "dpo_rounds=2", "prefs.n_prompts=8",
+                                  "prefs.k=2", "prefs.annotator=gold", "prefs.test_prompts=4", "rm.max_steps=1",
+                                  "rm.batch_size=2", "rm.micro_batch_size=2", "bon.n=[1]", "bon.n_prompts=2",
+                                  "bon.max_new_tokens=4", "dpo.max_steps=2", "dpo.batch_size=4",
+                                  "dpo.micro_batch_size=2", "arena.enabled=false"))
+    assert set(summary["stages"]) == {"base", "sft", "dpo", "dpo2"} and summary["steps"]["dpo2"] == 2
+    assert "dpo2 - sft" in summary["differences"]
+    first = (out / "prefs" / "prefs.jsonl").read_text()
+    second = (out / "prefs2" / "prefs.jsonl").read_text()
+    assert first and second and (out / "prefs2" / "all.jsonl").read_text() == first + second
+    done = json.loads((out / "prefs2" / "result.json").read_text())
+    assert done["pairs"] == len(first.splitlines()) + len(second.splitlines()) == len(
+        (out / "prefs2" / "all.jsonl").read_text().splitlines())
+    assert yaml.safe_load((out / "prefs2" / "stage.yaml").read_text())["settings"]["policy"] == str(out / "dpo" / "model")
+    from posttrain.recipes.dpo import DPOConfig
+
+    cfg = load_config(DPOConfig, str(out / "dpo2" / "config.yaml"))
+    assert cfg.model.path == str(out / "sft" / "model") and cfg.data.path == str(out / "prefs2" / "all.jsonl")
+    assert "<th>dpo2 - sft</th>" in (out / "report.html").read_text()
+
+
+def test_two_dpo_rounds_without_preferences_are_refused_before_any_work(model_dir, tmp_path):
+    with pytest.raises(UserError, match=r"config key 'dpo_rounds': 2 rounds of DPO need the preference stages"):
+        pipeline.main(small(model_dir, tmp_path / "p", "dpo_rounds=2"))
+    assert not (tmp_path / "p").exists()
 
 
 def test_an_unknown_annotator_is_refused_before_any_work(model_dir, tmp_path):
