@@ -81,8 +81,9 @@ def test_shared_prompt_logps_equal_each_sequence_alone(tok, model_dir, attn):
     """The prompt written once per pair, each response attending to it through the 4-D mask: every response's
     summed log-prob equals the sequence alone through a plain forward, with sdpa (boolean mask) and eager
     (the mask made additive)."""
-    from posttrain.data.collate import pair_stem, shared_prompt_batch
     from transformers import AutoModelForCausalLM
+
+    from posttrain.data.collate import pair_stem, shared_prompt_batch
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=attn).eval()
     pairs, groups = _shared_groups(tok)

@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from posttrain.config import check_flags, doc, section
+from posttrain.data.collate import pack_lengths, pair_stem, shared_prompt_batch
 from posttrain.data.formats import load_examples
 from posttrain.data.loading import read_records, short_reason
 from posttrain.data.render import IGNORE, Rendered, Renderer
@@ -59,7 +60,6 @@ from posttrain.errors import UserError
 from posttrain.io import atomic_write_text, check_writable
 from posttrain.losses.preference import example_mean
 from posttrain.losses.reward import bradley_terry_loss
-from posttrain.data.collate import pack_lengths, pair_stem, shared_prompt_batch
 from posttrain.models.forward import model_inputs, takes_custom_mask
 from posttrain.models.load import check_model_folder, load_tokenizer
 from posttrain.recipes import common
