@@ -134,9 +134,23 @@ def shared_prompt_batch(groups: list[list[tuple[Rendered, Rendered]]], pad_id: i
     k-th pair is document 2k, b[s:] document 2k + 1, -1 on stems and padding), as it reads `packed_batch`.
     Returns input_ids, position_ids, labels, doc_ids (B, T) and attention_mask.
     """
-    spans = [[(pair_stem(a, b), a, b) for a, b in g] for g in groups]
+    return _shared_rows([[(pair_stem(a, b), a, b) for a, b in g] for g in groups], pad_id)
+
+
+def pack_pairs(pairs: list[tuple[Rendered, Rendered]], pad_id: int) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """`pairs` packed into shared-prompt rows (`shared_prompt_batch`) as wide as the longest pair, first-fit
+    (`pack_lengths`). Returns the batch and the pairs' order in it (documents 2k, 2k + 1 are pair order[k]'s)."""
+    stems = [pair_stem(a, b) for a, b in pairs]
+    lengths = [len(a.input_ids) + len(b.input_ids) - s for (a, b), s in zip(pairs, stems)]
+    groups = pack_lengths(lengths, max(lengths))
+    order = [j for g in groups for j in g]
+    return _shared_rows([[(stems[j], *pairs[j]) for j in g] for g in groups], pad_id), order
+
+
+def _shared_rows(spans: list[list[tuple[int, Rendered, Rendered]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """`shared_prompt_batch` of rows of (stem, a, b)."""
     width = max(sum(len(a.input_ids) + len(b.input_ids) - s for s, a, b in g) for g in spans)
-    shape = (len(groups), width)
+    shape = (len(spans), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)
     labels = torch.full(shape, IGNORE, dtype=torch.long)
     pos = torch.zeros(shape, dtype=torch.long)

@@ -34,7 +34,7 @@ from typing import ClassVar, Literal
 import torch
 
 from posttrain.config import doc, section
-from posttrain.data.collate import pack_lengths, packed_batch, pair_stem, shared_prompt_batch
+from posttrain.data.collate import pack_lengths, pack_pairs, packed_batch
 from posttrain.data.render import Rendered, Renderer, render_pairs
 from posttrain.data.types import Preference
 from posttrain.errors import UserError
@@ -121,15 +121,15 @@ def pair_batch(pairs: list[Pair], chunk: list[int], pad_id: int, share_prompt: b
     """The chunk's pairs packed into rows as wide as its longest pair (a pair's two sequences share a row; rows
     no wider than that keep attention, which a CPU computes over the whole row, close to the work needed).
     With `share_prompt` each pair's prompt is written, and computed, once for both responses
-    (`data.collate.shared_prompt_batch`, a 4-D mask); without, the two sequences follow each other whole
+    (`data.collate.pack_pairs`, a 4-D mask); without, the two sequences follow each other whole
     (`packed_batch`, position ids only: for attention that takes no custom mask). Returns the batch (with
     doc_ids: chosen of the k-th pair is document 2k, its rejected 2k + 1) and the pairs' order."""
-    stems = [pair_stem(*pairs[i]) if share_prompt else 0 for i in chunk]
-    lengths = [len(pairs[i][0].input_ids) + len(pairs[i][1].input_ids) - s for i, s in zip(chunk, stems)]
+    if share_prompt:
+        batch, order = pack_pairs([pairs[i] for i in chunk], pad_id)
+        return batch, [chunk[j] for j in order]
+    lengths = [len(pairs[i][0].input_ids) + len(pairs[i][1].input_ids) for i in chunk]
     groups = pack_lengths(lengths, max(lengths))
     order = [chunk[j] for g in groups for j in g]
-    if share_prompt:
-        return shared_prompt_batch([[pairs[chunk[j]] for j in g] for g in groups], pad_id), order
     rows = [[seq for j in g for seq in pairs[chunk[j]]] for g in groups]
     return packed_batch(rows, pad_id, doc_ids=True), order
 

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from posttrain.config import check_flags, doc, section
-from posttrain.data.collate import pack_lengths, pair_stem, shared_prompt_batch
+from posttrain.data.collate import pack_pairs
 from posttrain.data.formats import load_examples
 from posttrain.data.loading import read_records, short_reason
 from posttrain.data.render import IGNORE, Rendered, Renderer
@@ -217,11 +217,8 @@ def shared_pair_rewards(model, pairs: Pairs, chunk: list[int], pad_id: int, devi
     """(n, 2) rewards of the chunk's pairs with each pair's common start computed once: the rows of
     `data.collate.shared_prompt_batch` (both sides of a pair in one row, a 4-D mask), the head read at the last
     token of each side's segment. Equal to scoring each side alone (tested)."""
-    sides = [tuple(Rendered(list(s), [IGNORE] * len(s)) for s in pairs.seqs[i]) for i in chunk]
-    stems = [pair_stem(*p) for p in sides]
-    lengths = [len(a.input_ids) + len(b.input_ids) - s for (a, b), s in zip(sides, stems)]
-    groups = pack_lengths(lengths, max(lengths))
-    batch = shared_prompt_batch([[sides[j] for j in g] for g in groups], pad_id)
+    batch, order = pack_pairs([tuple(Rendered(list(s), [IGNORE] * len(s)) for s in pairs.seqs[i]) for i in chunk],
+                              pad_id)
     docs = batch.pop("doc_ids")
     del batch["labels"]
     out = _head_outputs(model, model_inputs(model, {k: v.to(device) for k, v in batch.items()}))
@@ -231,7 +228,6 @@ def shared_pair_rewards(model, pairs: Pairs, chunk: list[int], pad_id: int, devi
     last = torch.full((n_docs,), -1, dtype=torch.long).scatter_reduce(
         0, docs[docs >= 0], where[docs >= 0], reduce="amax")
     r = out.flatten()[last.to(out.device)].float().view(-1, 2)
-    order = [j for g in groups for j in g]  # documents 2k, 2k + 1 belong to pair order[k]
     back = torch.empty(len(chunk), dtype=torch.long)
     back[torch.tensor(order)] = torch.arange(len(chunk))
     return r[back.to(r.device)]
