@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -911,6 +912,18 @@ def section_example(ctx: Context):
     return Section("A training example", example_html(example), f"from the {stage.name} stage's data")
 
 
+def section_times(ctx: Context):
+    from posttrain.report.html import Section, simple_table
+
+    seconds = _seconds(ctx)
+    if not seconds:
+        return None
+    rows = [[name, _duration(t), f"{t / sum(seconds.values()):.0%}"] for name, t in seconds.items()]
+    return Section("Time per stage", simple_table(["stage", "wall time", "share"], rows),
+                   f"{_duration(sum(seconds.values()))} in all; a stage reused from an earlier run keeps the time of "
+                   "the run that made it.")
+
+
 def section_curves(ctx: Context):
     from posttrain.report.html import Section, curves_html
 
@@ -928,7 +941,7 @@ def section_curves(ctx: Context):
 SECTIONS: list[Callable[[Context], Any]] = [section_eval, section_differences, section_family_changes,
                                             section_gold_kl, section_arena, section_judge_bias, section_preferences, section_reward_model,
                                             section_bon, section_probes,
-                                            section_example, section_curves]
+                                            section_example, section_curves, section_times]
 
 
 # --- running it -----------------------------------------------------------------------------------------------
@@ -992,7 +1005,20 @@ def summarize_run(ctx: Context) -> dict:
         "stages": {name: {k: r.get(k) for k in keys} for name, r in evals.items()},
         "differences": _differences(evals),
         "steps": {s.name: ctx.results[s.name]["steps"] for s in STAGES if "steps" in ctx.results.get(s.name, {})},
+        "seconds": _seconds(ctx),
     }
+
+
+def _seconds(ctx: Context) -> dict[str, float]:
+    """Wall time of each stage's last run (a stage resumed or extended later counts only that run)."""
+    return {s.name: ctx.results[s.name]["seconds"] for s in STAGES if "seconds" in ctx.results.get(s.name, {})}
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 59.95:
+        return f"{seconds:.1f} s"
+    whole = round(seconds)
+    return f"{whole // 60} min {whole % 60:02d} s"
 
 
 def _print_summary(summary: dict, evals: dict[str, dict]) -> None:
@@ -1056,7 +1082,10 @@ def main(cfg: PipelineConfig) -> dict:
         if stage.name in ctx.results and (stage.done is None or stage.done(ctx)):
             continue  # finished (eval is finished when every model has its result; sft_noisy added: not yet)
         _save_settings(ctx, stage, settings)
+        start = time.perf_counter()
         result = stage.run(ctx, settings)
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        print(f"pipeline: {stage.name} took {_duration(result['seconds'])}")
         atomic_write_json(out / stage.name / "result.json", result)
         ctx.results[stage.name] = result
 

@@ -52,6 +52,19 @@ def test_step_one_is_log_2_with_zero_rewards(model_dir, pref_file, tmp_path):
     assert {"logps/chosen", "logps/rejected", "train/pairs_per_s"} <= set(first)
 
 
+def test_rpo_alpha_adds_the_chosen_nll_at_its_weight(model_dir, pref_file, tmp_path):
+    """Step 1: the DPO term is log 2 (policy == reference), so the loss is log 2 + alpha x nll_loss (the mean
+    over pairs of the chosen side's NLL per token), and nll_loss is logged as TRL names it; its gradient makes
+    the run differ from plain DPO from step 2 on."""
+    run(model_dir, pref_file, tmp_path / "r", "max_steps=2", "rpo_alpha=0.5")
+    first = metrics(tmp_path / "r")[0]
+    assert first["nll_loss"] > 1.0  # a random-init model: several nats per token
+    assert first["train/loss"] == pytest.approx(math.log(2) + 0.5 * first["nll_loss"], abs=1e-5)
+    run(model_dir, pref_file, tmp_path / "d", "max_steps=2")
+    assert "nll_loss" not in metrics(tmp_path / "d")[0]
+    assert metrics(tmp_path / "r")[1]["rewards/margins"] != metrics(tmp_path / "d")[1]["rewards/margins"]
+
+
 def test_cached_reference_equals_a_live_reference(model_dir, tok, pref_file, tmp_path):
     """The reference log-probs computed once (reference/logps.pt) equal those of a second, live copy of the
     starting model on the training micro-batches, to 1e-6 in fp32."""
@@ -108,11 +121,12 @@ def test_a_resume_without_the_reference_cache_recomputes_it_from_the_starting_mo
 
 
 @pytest.mark.parametrize("loss, extra", [("dpo", []), ("cdpo", ["label_smoothing=0.1"]), ("ipo", []),
-                                         ("hinge", []), ("simpo", ["beta=2.0"]), ("orpo", [])])
+                                         ("hinge", []), ("simpo", ["beta=2.0"]), ("orpo", []),
+                                         ("dpo", ["rpo_alpha=1.0"])])
 def test_every_variant_trains_on_one_fixed_batch(model_dir, pref_file, tmp_path, loss, extra):
     """The whole data set (24 pairs) is every step's batch, so the loss must fall; the held-out metrics are
     logged; SimPO and ORPO write no reference cache."""
-    out = tmp_path / loss
+    out = tmp_path / (loss + "".join(extra))
     m = run(model_dir, pref_file, out, f"loss={loss}", "batch_size=24", "micro_batch_size=8", "max_steps=4",
             "optim.lr=3e-3", "data.eval_fraction=0.2", *extra)
     got = losses(out)
@@ -144,6 +158,8 @@ def test_bad_input(model_dir, pref_file, chat_file, tmp_path):
         run(model_dir, pref_file, tmp_path / "e", "loss=cdpo")
     with pytest.raises(UserError, match="does not use it"):
         run(model_dir, pref_file, tmp_path / "e", "label_smoothing=0.1")
+    with pytest.raises(UserError, match="loss=orpo has one already"):
+        run(model_dir, pref_file, tmp_path / "e", "loss=orpo", "rpo_alpha=1.0")
     same = write_jsonl(tmp_path / "same.jsonl", [{"prompt": "hi", "chosen": "a", "rejected": "a"}] * 3
                        + [{"prompt": "hi", "chosen": "", "rejected": "b"}])
     with pytest.raises(UserError, match="no preference pairs left.*3 identical chosen and rejected.*1 chosen: "

@@ -124,8 +124,18 @@ def test_stages_runs_a_subset_and_needs_are_checked_first(model_dir, tmp_path):
         pipeline.main(small(model_dir, out, "stages=sft_noisy"))
     summary = pipeline.main(small(model_dir, out, "stages=data,eval"))  # no SFT: the base alone is evaluated
     assert set(summary["stages"]) == {"base"} and not (out / "sft").exists()
+    first = summary["seconds"]
+    assert set(first) == {"data", "eval"} and all(t >= 0 for t in first.values())
     summary = pipeline.main(small(model_dir, out, "stages=sft,eval"))  # data has run: SFT and its evaluation now
     assert set(summary["stages"]) == {"base", "sft"} and summary["steps"] == {"sft": 2}
+    # Each stage's wall time of the run that made it: data is reused, so its time is the first run's.
+    assert set(summary["seconds"]) == {"data", "sft", "eval"} and summary["seconds"]["data"] == first["data"]
+    assert summary["seconds"]["sft"] > 0 and "Time per stage" in (out / "report.html").read_text()
+
+
+def test_stage_times_read_as_people_write_them():
+    assert [pipeline._duration(t) for t in (5.04, 59.96, 119.5, 3599.6)] == [
+        "5.0 s", "1 min 00 s", "2 min 00 s", "60 min 00 s"]
 
 
 def test_sft_max_steps_zero_is_one_epoch_and_the_steps_are_recorded(model_dir, tmp_path):

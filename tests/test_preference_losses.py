@@ -24,6 +24,7 @@ from posttrain.losses.preference import (
     orpo_loss,
     preference_loss,
     simpo_loss,
+    with_nll,
 )
 from posttrain.losses.reward import bradley_terry_loss
 
@@ -107,6 +108,17 @@ def test_orpo_hand_derived():
               "logps/rejected": -2.0, "nll_loss": 1.0, "log_odds_chosen": 1.3132617, "log_odds_ratio": -0.2381830}
     for k, v in expect.items():
         assert close(m[k], v), k
+
+
+def test_with_nll_hand_derived():
+    """The DPO case above (loss 0.3132617 a pair) plus alpha 0.5 x the chosen side's NLL per token: pair 1 has
+    chosen sum -1 over 2 tokens (NLL 0.5), pair 2 sum -3 over 1 token (NLL 3) -> losses 0.3132617 + 0.25 and
+    0.3132617 + 1.5; nll_loss is the mean NLL, 1.75; the DPO metrics are unchanged."""
+    losses, m = dpo_loss(t(-1.0, -1.0), t(-3.0, -3.0), t(-2.0, -2.0), t(-2.0, -2.0), beta=0.5)
+    out, m2 = with_nll(losses, m, t(-1.0, -3.0), t(2, 1), alpha=0.5)
+    assert close(out[0], 0.5632617) and close(out[1], 1.8132617) and close(m2["nll_loss"], 1.75)
+    assert {k: float(v) for k, v in m2.items() if k != "nll_loss"} == {k: float(v) for k, v in m.items()}
+    assert torch.equal(with_nll(losses, m, t(-1.0, -3.0), t(2, 1), alpha=0.0)[0], losses)
 
 
 def test_kto_hand_derived():

@@ -206,6 +206,24 @@ def orpo_loss(
     return losses, metrics
 
 
+def with_nll(
+    losses: torch.Tensor,
+    metrics: Metrics,
+    policy_chosen_logps: torch.Tensor,
+    chosen_tokens: torch.Tensor | int,
+    *,
+    alpha: float,
+) -> tuple[torch.Tensor, Metrics]:
+    """A pairwise loss plus alpha x the chosen response's NLL (RPO: Pang et al. 2024, "Iterative Reasoning
+    Preference Optimization"; Liu et al. 2024): losses + alpha * -(sum / tokens) of the chosen side, one mean
+    NLL per response token per pair, so the step's loss is still a mean over pairs (`example_mean`). It keeps the
+    chosen responses likely while the margin grows, where the pairwise term alone can lower both sides.
+    TRL 1.16 (`loss_type=["sigmoid", "sft"]`, `loss_weights=[1, alpha]`) takes one token mean over the whole
+    batch's chosen tokens instead (longer responses weigh more). Adds TRL's metric `nll_loss`."""
+    nll = -_per_token(policy_chosen_logps, chosen_tokens)
+    return losses + alpha * nll, {**metrics, "nll_loss": _mean(nll)}
+
+
 def kto_reference_point(kl_policy_logps: torch.Tensor, kl_reference_logps: torch.Tensor) -> torch.Tensor:
     """KTO's reference point z0: mean over mismatched (prompt, completion) pairs (M,) of the summed log-ratio
     policy - reference, clamped at 0 and detached (no gradient flows through it), a 0-d float32 tensor."""

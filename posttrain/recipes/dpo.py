@@ -39,7 +39,7 @@ from posttrain.data.render import Rendered, Renderer, render_pairs
 from posttrain.data.types import Preference
 from posttrain.errors import UserError
 from posttrain.io import atomic_dir
-from posttrain.losses.preference import LOSSES, example_mean, needs_reference, preference_loss
+from posttrain.losses.preference import LOSSES, example_mean, needs_reference, preference_loss, with_nll
 from posttrain.models.forward import sequence_logps, takes_custom_mask
 from posttrain.models.load import load_tokenizer
 from posttrain.recipes import common
@@ -79,6 +79,9 @@ class DPOConfig(common.RunConfig):
     label_smoothing: float = doc(0.0, "cdpo's eps: the assumed fraction of flipped labels (cdpo only)", ge=0, lt=0.5)
     simpo_gamma: float = doc(0.5, "SimPO's target margin gamma (simpo only)", ge=0)
     orpo_lambda: float = doc(0.1, "ORPO's weight of the odds-ratio term on top of the NLL (orpo only)", ge=0)
+    rpo_alpha: float = doc(0.0, "weight of the chosen response's NLL (mean per response token) added to each "
+                                "pair's loss: RPO, TRL's loss_type=[sigmoid, sft] (0: off; not with orpo, which "
+                                "has its own)", ge=0)
     eval_every: int = doc(0, "evaluate every N steps (0: only at the end)", ge=0, changes_result=False)
 
 
@@ -88,6 +91,8 @@ def check_loss_settings(cfg: DPOConfig) -> None:
         raise UserError("loss=cdpo needs label_smoothing > 0 (e.g. label_smoothing=0.1)")
     if cfg.loss != "cdpo" and cfg.label_smoothing:
         raise UserError(f"label_smoothing is cDPO's; loss={cfg.loss} does not use it (set loss=cdpo)")
+    if cfg.loss == "orpo" and cfg.rpo_alpha:
+        raise UserError("rpo_alpha adds an NLL term, and loss=orpo has one already (its weight is 1); set rpo_alpha=0")
 
 
 def loss_kwargs(cfg: DPOConfig) -> dict:
@@ -167,6 +172,8 @@ def step_loss(cfg: DPOConfig, logps: torch.Tensor, counts: torch.Tensor, ref: to
     if ref is not None:
         tensors.update(reference_chosen_logps=ref[:, 0], reference_rejected_logps=ref[:, 1])
     losses, metrics = preference_loss(cfg.loss, **tensors, **loss_kwargs(cfg))
+    if cfg.rpo_alpha:
+        losses, metrics = with_nll(losses, metrics, logps[:, 0], counts[:, 0], alpha=cfg.rpo_alpha)
     sums = {k: v.item() * len(losses) for k, v in metrics.items()}
     sums["loss"] = losses.detach().sum().item()
     sums["tokens"] = counts.sum().item()
@@ -201,7 +208,7 @@ def _metric_keys(cfg: DPOConfig) -> list[str]:
     ref = {"reference_chosen_logps": one, "reference_rejected_logps": one} if needs_reference(cfg.loss) else {}
     _, metrics = preference_loss(cfg.loss, policy_chosen_logps=one, policy_rejected_logps=one, chosen_tokens=one,
                                  rejected_tokens=one, **ref, **loss_kwargs(cfg))
-    return ["loss", *metrics]
+    return ["loss", *metrics, *(["nll_loss"] if cfg.rpo_alpha else [])]
 
 
 def load_or_compute_reference(cfg: DPOConfig, run: common.Run, model, acc, pairs, eval_pairs, pad_id):
