@@ -55,3 +55,18 @@ def test_a_checkpoint_restores_several_models_optimizers_and_schedules(tmp_path)
                 assert torch.equal(p, after[k][n]), (k, n)
     assert (random.random(), float(np.random.rand()), torch.rand(1).item()) == draws
     assert set(torch.load(path / "state.pt", weights_only=False)["models"]["value"]) == {"weight"}
+
+
+def test_only_the_main_process_probes_the_run_folder(tmp_path, monkeypatch):
+    """A probe makes missing folders and removes them again; run by every process at once, one process's clean-up
+    pulled the folder from under another's probe (a two-process run failed with 'cannot write'). Only the main
+    process, which writes the run folder, probes it; the others wait for it."""
+    from types import SimpleNamespace
+
+    probed, waits = [], []
+    monkeypatch.setattr(common, "check_writable", lambda path, *a, **k: probed.append(path))
+    for main in (False, True):
+        acc = SimpleNamespace(is_main_process=main, wait_for_everyone=lambda: waits.append(main))
+        common.open_run(common.RunConfig(output_dir=str(tmp_path / "new" / "run")), acc, "test")
+    assert probed == [tmp_path / "new" / "run"] and waits.count(False) >= 1
+    assert not (tmp_path / "new").exists()  # nothing made by the processes that do not probe
