@@ -66,7 +66,7 @@ def test_only_the_main_process_probes_the_run_folder(tmp_path, monkeypatch):
     probed, waits = [], []
     monkeypatch.setattr(common, "check_writable", lambda path, *a, **k: probed.append(path))
     for main in (False, True):
-        acc = SimpleNamespace(is_main_process=main, wait_for_everyone=lambda: waits.append(main))
+        acc = SimpleNamespace(is_main_process=main, wait_for_everyone=lambda main=main: waits.append(main))
         common.open_run(common.RunConfig(output_dir=str(tmp_path / "new" / "run")), acc, "test")
     assert probed == [tmp_path / "new" / "run"] and waits.count(False) >= 1
     assert not (tmp_path / "new").exists()  # nothing made by the processes that do not probe
