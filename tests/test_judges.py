@@ -222,6 +222,13 @@ def test_reward_model_judge(tok, tmp_path):
                                judge.pad_id)[0]["score"] for x in (p.first, p.second))
         assert v.p_first == pytest.approx(1 / (1 + math.exp(b - a)), abs=1e-5)
         assert v.winner == ("first" if a > b else "second")
+    # cached == live: each distinct answer is scored once, and a swapped or repeated pair reads the same scores
+    assert len(judge.scores) == len({(p.messages[-1].content, x) for p in pairs for x in (p.first, p.second)})
+    fresh = RewardModelJudge(str(tmp_path))
+    again = fresh.judge([p.swapped() for p in pairs] + pairs)
+    for v, w, s in zip(judge.judge(pairs), again[len(pairs):], again[:len(pairs)]):
+        assert w.winner == v.winner and w.p_first == pytest.approx(v.p_first, abs=1e-6)
+        assert s.p_first == pytest.approx(1 - v.p_first, abs=1e-6)
 
 
 class Fixed:

@@ -394,3 +394,18 @@ def test_noisy_sft_data_has_documented_flaws():
     assert sum(truncated) / len(truncated) < 0.6
     with pytest.raises(UserError, match="did you mean 'noisy'"):
         make_sft_data("noisey", 3, 0)
+
+
+def test_has_any_is_has_word_of_each_phrase():
+    """`has_any` matches all phrases in one pass; it answers as `has_word` of each one would, over accents, curly
+    quotes, case, word boundaries and a phrase that is a prefix of another."""
+    from posttrain.world.text import has_any, has_word, norm
+
+    phrases = ("i can't", "i can't help", "no", "bogota", "well-known", "u.s.")
+    texts = ["I can\u2019t do that.", "I CAN'T HELP.", "Nothing here", "no.", "Bogotá is big", "a well-known fact",
+             "wellknown", "the U.S. army", "cannot", "", "I can'tt", "X-no-Y", "éno", "Icant"]
+    for text in texts:
+        assert has_any(text, phrases) == any(has_word(text, p) for p in phrases), text
+        for p in phrases:
+            assert has_any(text, [p]) == has_word(text, p), (text, p)
+    assert not has_any("anything", ()) and norm("Bogotá É") == "bogota e" and norm("ASCII") == "ascii"

@@ -156,23 +156,37 @@ class AnnotatorJudge:
 
 
 class RewardModelJudge:
+    """Scores both answers with a reward model; the higher wins. Each distinct (prompt, answer) is scored once
+    and kept: an arena's answers recur in every battle and in both orders (six models on 280 prompts: 1,680
+    answers instead of 16,800 forward passes)."""
+
     def __init__(self, path: str, batch_size: int = 16, max_seq_len: int = 1024):
         from posttrain.recipes.rm import load_scorer
 
         self.name, self.batch_size, self.max_seq_len = f"rm:{path}", batch_size, max_seq_len
         self.model, self.tok, self.pad_id = load_scorer(path)
+        self.scores: dict[tuple, dict] = {}
 
     def judge(self, pairs: list[Pair]) -> list[Verdict]:
         from posttrain.data.types import Conversation
         from posttrain.recipes.rm import score_examples
 
-        examples = [Conversation([*p.messages, Message("assistant", x)], where=f"pair {i} {side}")
-                    for i, p in enumerate(pairs) for side, x in (("first", p.first), ("second", p.second))]
-        device = str(next(self.model.parameters()).device)
-        rows = score_examples(self.model, self.tok, examples, self.pad_id, self.max_seq_len, self.batch_size, device)
+        def key(p: Pair, x: str) -> tuple:
+            return tuple((m.role, m.content) for m in p.messages), x
+
+        todo = {}
+        for p in pairs:
+            for x in (p.first, p.second):
+                if (k := key(p, x)) not in self.scores and k not in todo:
+                    todo[k] = Conversation([*p.messages, Message("assistant", x)], where=f"answer {len(todo)}")
+        if todo:
+            device = str(next(self.model.parameters()).device)
+            rows = score_examples(self.model, self.tok, list(todo.values()), self.pad_id, self.max_seq_len,
+                                  self.batch_size, device)
+            self.scores.update(zip(todo, rows))
         out = []
-        for i in range(len(pairs)):
-            a, b = rows[2 * i], rows[2 * i + 1]
+        for p in pairs:
+            a, b = self.scores[key(p, p.first)], self.scores[key(p, p.second)]
             if a["score"] is None or b["score"] is None:
                 out.append(Verdict(None, raw=(a.get("skipped") or b.get("skipped") or "not scored")))
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Collection, Iterable
@@ -14,6 +15,8 @@ _ARTICLE = re.compile(r"^(?:a|an|the)\s+")
 
 def norm(text: str) -> str:
     """Lower case, ASCII quotes and dashes, accents removed (`Bogotá` -> `bogota`)."""
+    if text.isascii():  # the common case: nothing to translate or decompose
+        return text.lower()
     text = unicodedata.normalize("NFKD", text.translate(_QUOTES))
     return "".join(c for c in text if not unicodedata.combining(c)).lower()
 
@@ -23,8 +26,15 @@ def has_word(text: str, word: str) -> bool:
     return re.search(r"(?<!\w)" + re.escape(norm(word)) + r"(?!\w)", norm(text)) is not None
 
 
+@functools.lru_cache(maxsize=256)
+def _any_pattern(phrases: tuple[str, ...]) -> re.Pattern:
+    return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(norm(p)) for p in phrases) + r")(?!\w)")
+
+
 def has_any(text: str, phrases: Iterable[str]) -> bool:
-    return any(has_word(text, p) for p in phrases)
+    """Any of `phrases` occurs in `text` as whole words (`has_word` of each, in one pass over the text)."""
+    phrases = tuple(phrases)
+    return bool(phrases) and _any_pattern(phrases).search(norm(text)) is not None
 
 
 def words(text: str) -> list[str]:
