@@ -54,6 +54,32 @@ def test_token_logps_of_packed_sequences_equal_each_alone(model_dir):
         assert torch.all(lp[~mask] == 0)
 
 
+def test_a_groups_prompt_once_equals_each_sample_alone(model_dir):
+    """GRPO's samples of one prompt laid out with the prompt once (`samples_batch(share_prompts=True)`, a 4-D
+    mask): the same per-token log-probs as each sample alone, in fewer tokens; no repeated prompt: plain packing."""
+    from posttrain.models.load import load_model
+    from posttrain.rollout.generate import samples_batch
+
+    model = load_model(str(model_dir)).eval()
+    prompts = [[5, 6, 7, 8], [10, 11], [16]]
+    responses = [[20, 21], [22], [23, 24, 25], [26, 27], [28, 29, 30, 31], [32]]
+    samples = [{"prompt_ids": prompts[i // 2], "token_ids": r} for i, r in enumerate(responses)]
+    chunk = [4, 0, 1, 2, 5, 3]
+    shared, order = samples_batch(samples, chunk, 0, share_prompts=True)
+    plain, plain_order = samples_batch(samples, chunk, 0)
+    assert shared["attention_mask"].dim() == 4 and sorted(order) == sorted(chunk)
+    assert int((shared["input_ids"] != 0).sum()) == sum(len(p) - 1 for p in prompts) + sum(map(len, responses)) + 6
+    with torch.no_grad():
+        lp, mask, _ = token_logps(model, shared, len(order))
+        lp_plain, _, _ = token_logps(model, plain, len(plain_order))
+    for k, i in enumerate(order):
+        r = responses[i]
+        assert mask[k].sum() == len(r)
+        assert torch.allclose(lp[k, :len(r)], lp_plain[plain_order.index(i), :len(r)], atol=1e-5)
+    alone, alone_order = samples_batch(samples, [0, 2, 4], 0, share_prompts=True)   # three prompts, once each
+    assert "attention_mask" not in alone and sorted(alone_order) == [0, 2, 4]
+
+
 def test_step_one_is_the_hand_value(model_dir, tok, tmp_path, monkeypatch):
     """With beta 0 and one iteration the ratio is 1, so the token-mean loss is -sum_i A_i n_i / N over the step's
     samples. The rollouts are drawn again outside the recipe (same policy, prompts and seed)."""
@@ -139,7 +165,7 @@ def test_bad_rewards(model_dir, tmp_path, capsys):
     assert "returned '0.5' (str), not a number" in err, err
     err = cli_fails(capsys, argv("imp", "rewards=[no_such_module:f]"))
     assert "rewards: cannot import 'no_such_module:f' (ModuleNotFoundError" in err, err
-    assert "is not world, rm:PATH or module:function" in cli_fails(capsys, argv("name", "rewards=[gold]"))
+    assert "is not world, similarity, rm:PATH or module:function" in cli_fails(capsys, argv("name", "rewards=[gold]"))
     err = cli_fails(capsys, argv("w", "rewards=[world,grpo_rewards:short]", "reward_weights=[1.0]"))
     assert "reward_weights: 1 weights for 2 rewards" in err, err
 
@@ -181,3 +207,22 @@ def test_other_archs_train_full_and_lora(arch, mode, tok, tmp_path):
     curve = train_losses(tmp_path / "run")
     assert len(curve) == 2 and all(c == c for c in curve) and m["kl"] == m["kl"]
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "model") is not None
+
+
+def test_similarity_reward_is_partial_credit_towards_the_reference():
+    from posttrain.world import sample_tasks
+
+    tasks = {t.family: t for t in sample_tasks(60, "train", 0, families=["arithmetic", "sort_words", "list_n"])}
+    arith, sort, lst = tasks["arithmetic"], tasks["sort_words"], tasks["list_n"]
+
+    def r(task, text, stopped=True):
+        return grpo.similarity_reward(task.messages, text, {"task": task, "stopped": stopped})
+
+    assert r(arith, arith.reference) == 1.0 and r(sort, f"  {sort.reference}\n") == 1.0
+    wrong = arith.reference[:-2] + ("0" if arith.reference[-2] != "0" else "1") + "."   # one digit off
+    n = len(arith.reference)
+    assert r(arith, wrong) == pytest.approx(2 * (n - 1) / (2 * n))                   # 2 x matched / total length
+    assert r(arith, "") == 0.0 and r(arith, arith.reference, stopped=False) == 0.0   # no stop: nothing
+    assert r(lst, lst.reference) == 0.0          # many right answers: no reference to be close to
+    first_word = sort.reference.split(", ")[0]
+    assert 0 < r(sort, first_word) < r(sort, ", ".join(sort.reference.split(", ")[:2])) < 1

@@ -134,35 +134,45 @@ def shared_prompt_batch(groups: list[list[tuple[Rendered, Rendered]]], pad_id: i
     k-th pair is document 2k, b[s:] document 2k + 1, -1 on stems and padding), as it reads `packed_batch`.
     Returns input_ids, position_ids, labels, doc_ids (B, T) and attention_mask.
     """
-    return _shared_rows([[(pair_stem(a, b), a, b) for a, b in g] for g in groups], pad_id)
+    return shared_rows([[(pair_stem(a, b), [a, b]) for a, b in g] for g in groups], pad_id)
 
 
 def pack_pairs(pairs: list[tuple[Rendered, Rendered]], pad_id: int) -> tuple[dict[str, torch.Tensor], list[int]]:
     """`pairs` packed into shared-prompt rows (`shared_prompt_batch`) as wide as the longest pair, first-fit
     (`pack_lengths`). Returns the batch and the pairs' order in it (documents 2k, 2k + 1 are pair order[k]'s)."""
-    stems = [pair_stem(a, b) for a, b in pairs]
-    lengths = [len(a.input_ids) + len(b.input_ids) - s for (a, b), s in zip(pairs, stems)]
-    groups = pack_lengths(lengths, max(lengths))
-    order = [j for g in groups for j in g]
-    return _shared_rows([[(stems[j], *pairs[j]) for j in g] for g in groups], pad_id), order
+    order, batch = pack_groups([list(p) for p in pairs], [pair_stem(a, b) for a, b in pairs], pad_id)
+    return batch, order
 
 
-def _shared_rows(spans: list[list[tuple[int, Rendered, Rendered]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """`shared_prompt_batch` of rows of (stem, a, b)."""
-    width = max(sum(len(a.input_ids) + len(b.input_ids) - s for s, a, b in g) for g in spans)
+def pack_groups(groups: list[list[Rendered]], stems: list[int], pad_id: int) -> tuple[list[int], dict[str, torch.Tensor]]:
+    """Groups of sequences that share their first stems[g] tokens (a preference pair, GRPO's samples of one
+    prompt), packed into shared-prompt rows (`shared_rows`) as wide as the longest group, first-fit. Returns the
+    groups' order in the batch and the batch (its documents are the order's groups' sequences, in turn)."""
+    lengths = [s + sum(len(x.input_ids) - s for x in g) for g, s in zip(groups, stems)]
+    rows = pack_lengths(lengths, max(lengths))
+    order = [j for r in rows for j in r]
+    return order, shared_rows([[(stems[j], groups[j]) for j in r] for r in rows], pad_id)
+
+
+def shared_rows(spans: list[list[tuple[int, list[Rendered]]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Rows of groups (stem s, sequences), each group laid out as its first sequence's [:s] once, then every
+    sequence's [s:] in turn (`shared_prompt_batch`, which this generalises from two sequences to any number).
+    Documents are numbered by sequence in layout order; a token attends to its own group's stem and its own
+    segment."""
+    width = max(sum(s + sum(len(x.input_ids) - s for x in seqs) for s, seqs in g) for g in spans)
     shape = (len(spans), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)
     labels = torch.full(shape, IGNORE, dtype=torch.long)
     pos = torch.zeros(shape, dtype=torch.long)
     docs = torch.full(shape, -1, dtype=torch.long)
-    pair = torch.full(shape, -1, dtype=torch.long)  # which pair of the row a position belongs to
-    side = torch.full(shape, 3, dtype=torch.long)   # 0 stem, 1 first response, 2 second, 3 padding
+    group = torch.full(shape, -1, dtype=torch.long)  # which group of the row a position belongs to
+    side = torch.full(shape, -1, dtype=torch.long)   # 0 stem, 1.. the group's sequences, -1 padding
     d = 0
     for row, g in enumerate(spans):
         t = 0
-        for k, (s, a, b) in enumerate(g):
-            pieces = [(a.input_ids[:s], a.labels[:s], 0, -1, 0), (a.input_ids[s:], a.labels[s:], 1, d, s),
-                      (b.input_ids[s:], b.labels[s:], 2, d + 1, s)]
+        for k, (s, seqs) in enumerate(g):
+            pieces = [(seqs[0].input_ids[:s], seqs[0].labels[:s], 0, -1, 0)]
+            pieces += [(x.input_ids[s:], x.labels[s:], j + 1, d + j, s) for j, x in enumerate(seqs)]
             for piece_ids, piece_labels, which, doc, first in pieces:
                 n = len(piece_ids)
                 if not n:
@@ -170,12 +180,12 @@ def _shared_rows(spans: list[list[tuple[int, Rendered, Rendered]]], pad_id: int)
                 ids[row, t:t + n] = torch.tensor(piece_ids)
                 labels[row, t:t + n] = torch.tensor([IGNORE] + piece_labels[1:])
                 pos[row, t:t + n] = torch.arange(first, first + n)
-                docs[row, t:t + n], pair[row, t:t + n], side[row, t:t + n] = doc, k, which
+                docs[row, t:t + n], group[row, t:t + n], side[row, t:t + n] = doc, k, which
                 t += n
-            d += 2
+            d += len(seqs)
     causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_pair = pair[:, :, None] == pair[:, None, :]
+    same_group = group[:, :, None] == group[:, None, :]
     sees = (side[:, None, :] == 0) | (side[:, :, None] == side[:, None, :])
-    mask = (same_pair & sees & causal) | torch.eye(width, dtype=torch.bool)
+    mask = (same_group & sees & causal) | torch.eye(width, dtype=torch.bool)
     return {"input_ids": ids, "position_ids": pos, "labels": labels, "doc_ids": docs,
             "attention_mask": mask[:, None]}

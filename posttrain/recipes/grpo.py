@@ -10,6 +10,8 @@ Choices this recipe makes:
   prompt, sample), so a resumed run samples exactly what the uninterrupted one did).
 - Rewards: `rewards` names functions `(prompt messages, response text, meta) -> float`, summed with
   `reward_weights`: `world` (the task's gold score, 0 when the response did not stop: the world's own rule),
+  `similarity` (partial credit: the response's character similarity to the reference answer on the families
+  with one right answer, so a group whose golds are all 0 still has a signal; training only),
   `rm:PATH` (a reward model folder, scored at the response's last token as `posttrain rm score`), or your own
   `module:function`. `meta` holds the task's metadata, `family` and `stopped`. A reward that raises or returns
   a non-number stops the run with one line (exit code 2); a NaN reward drops its sample (advantage 0, out of the
@@ -31,6 +33,7 @@ Choices this recipe makes:
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import importlib
 import math
@@ -46,7 +49,7 @@ from posttrain.data.render import Renderer
 from posttrain.data.types import Conversation, Message
 from posttrain.errors import TrainingDiverged, UserError
 from posttrain.losses.rl import aggregate, group_advantages, kl_per_token, policy_loss
-from posttrain.models.forward import token_logps
+from posttrain.models.forward import takes_custom_mask, token_logps
 from posttrain.models.load import load_tokenizer
 from posttrain.recipes import common
 from posttrain.rollout.generate import generate, samples_batch
@@ -71,8 +74,9 @@ class OnlineRLConfig(common.RunConfig):
     optim: common.OptimConfig = section(common.OptimConfig, "optimizer and schedule")
     lora: common.LoraConfig = section(common.LoraConfig, "LoRA (through peft); the reference is the base")
     micro_batch_size: int = doc(32, "sequences per forward pass (packed into rows)", ge=1, changes_result=False)
-    rewards: list[str] = doc(["world"], "reward functions, summed: world (gold), rm:PATH (a reward model), or "
-                                        "module:function taking (messages, response, meta)")
+    rewards: list[str] = doc(["world"], "reward functions, summed: world (gold), similarity (partial credit "
+                                        "towards the reference on one-answer families), rm:PATH (a reward "
+                                        "model), or module:function taking (messages, response, meta)")
     reward_weights: list[float] = doc([], "one weight per reward (empty: all 1)")
     temperature: float = doc(1.0, "sampling temperature", gt=0)
     top_p: float = doc(1.0, "sampling top-p", gt=0, le=1)
@@ -110,6 +114,22 @@ def world_reward(messages: list[Message], response: str, meta: dict) -> float:
     return world_score(meta["task"], response, meta["stopped"]).gold
 
 
+# Families whose reference is the one right answer (for the others it is one good answer among many).
+ONE_ANSWER = frozenset({"arithmetic", "word_transform", "sort_words"})
+
+
+def similarity_reward(messages: list[Message], response: str, meta: dict) -> float:
+    """Partial credit: the character similarity (difflib's ratio, 2 x matched / total length) of the stripped
+    response to the task's reference answer, for the families whose reference is the one right answer
+    (arithmetic "13 + 5 = 18.", word_transform, sort_words); 0 for the others and when the response did not stop.
+    Summed with `world` (e.g. weights 1, 0.5) it gives a group a signal where every sample's gold is 0: a sort
+    that copies four of the five words, a reversal one letter off. Training only: evaluation stays gold."""
+    task = meta["task"]
+    if task.family not in ONE_ANSWER or not meta["stopped"]:
+        return 0.0
+    return difflib.SequenceMatcher(None, response.strip(), task.reference.strip(), autojunk=False).ratio()
+
+
 def _rm_reward(path: str) -> RewardFn:
     from posttrain.recipes.rm import load_scorer, score_examples
 
@@ -130,11 +150,13 @@ def resolve_reward(name: str) -> RewardFn:
     """`world`, `rm:PATH` or `module:function` -> the function (a clear error when it does not import)."""
     if name == "world":
         return world_reward
+    if name == "similarity":
+        return similarity_reward
     if name.startswith("rm:"):
         return _rm_reward(name[3:])
     module, _, attr = name.partition(":")
     if not module or not attr:
-        raise UserError(f"rewards: '{name}' is not world, rm:PATH or module:function")
+        raise UserError(f"rewards: '{name}' is not world, similarity, rm:PATH or module:function")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
@@ -175,8 +197,9 @@ def compute_rewards(fns: dict[str, RewardFn], weights: list[float], tasks: list[
 
 def chunk_logps(model, acc, samples: list[dict], chunk: list[int], pad_id: int, width: int, entropy: bool = False):
     """Per-token log-probs (len(chunk), width) of the chunk's responses, in the order of `chunk`, with the mask
-    (and the entropy)."""
-    batch, order = samples_batch(samples, chunk, pad_id)
+    (and the entropy). The samples of one prompt share its tokens (`samples_batch`'s share_prompts) where the model
+    takes a 4-D mask."""
+    batch, order = samples_batch(samples, chunk, pad_id, share_prompts=takes_custom_mask(model))
     batch = {k: v.to(acc.device) for k, v in batch.items()}
     with acc.autocast():
         lp, mask, ent = token_logps(model, batch, len(order), with_entropy=entropy)

@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from posttrain.data.collate import pack_lengths, packed_batch
+from posttrain.data.collate import pack_groups, pack_lengths, packed_batch
 from posttrain.data.render import IGNORE, Rendered, Renderer
 from posttrain.data.types import Message
 from posttrain.errors import UserError
@@ -140,17 +140,28 @@ def _result(tokenizer, token_ids: list[int], stopped: bool, logprobs: list[float
     return r
 
 
-def samples_batch(samples: list[dict], chunk: list[int], pad_id: int) -> tuple[dict, list[int]]:
+def samples_batch(samples: list[dict], chunk: list[int], pad_id: int,
+                  share_prompts: bool = False) -> tuple[dict, list[int]]:
     """The samples `chunk` (indices into `generate`'s output) as training sequences, prompt ids + token ids with
     the loss on the response, packed into rows (`data.collate.packed_batch` with doc_ids): what RL and KL passes
-    score them with (`models.forward.token_logps`). Returns the batch and the samples' order in it (document k is
-    sample order[k])."""
-    seqs = [Rendered(samples[i]["prompt_ids"] + samples[i]["token_ids"],
-                     [IGNORE] * len(samples[i]["prompt_ids"]) + samples[i]["token_ids"]) for i in chunk]
-    lengths = [len(x.input_ids) for x in seqs]
-    groups = pack_lengths(lengths, max(lengths))
-    order = [chunk[j] for g in groups for j in g]
-    return packed_batch([[seqs[j] for j in g] for g in groups], pad_id, doc_ids=True), order
+    score them with (`models.forward.token_logps`). With `share_prompts` (for a model that takes a 4-D mask,
+    `models.forward.takes_custom_mask`), when some prompt repeats, the samples of one prompt (GRPO's group) are
+    laid out with the prompt once (`data.collate.pack_groups`). Returns the batch and the samples' order in it
+    (document k is sample order[k])."""
+    seqs = {i: Rendered(samples[i]["prompt_ids"] + samples[i]["token_ids"],
+                        [IGNORE] * len(samples[i]["prompt_ids"]) + samples[i]["token_ids"]) for i in chunk}
+    by_prompt: dict[tuple, list[int]] = {}
+    for i in chunk if share_prompts else ():
+        by_prompt.setdefault(tuple(samples[i]["prompt_ids"]), []).append(i)
+    if share_prompts and len(by_prompt) < len(chunk):   # some prompt repeats: shorter rows
+        groups = list(by_prompt.values())
+        stems = [max(len(samples[g[0]]["prompt_ids"]) - 1, 0) for g in groups]
+        where, batch = pack_groups([[seqs[i] for i in g] for g in groups], stems, pad_id)
+        return batch, [i for j in where for i in groups[j]]
+    lengths = [len(seqs[i].input_ids) for i in chunk]
+    rows = pack_lengths(lengths, max(lengths))
+    order = [chunk[j] for r in rows for j in r]
+    return packed_batch([[seqs[chunk[j]] for j in r] for r in rows], pad_id, doc_ids=True), order
 
 
 def row_seed(seed: int, prompt_index: int, sample_index: int) -> int:
