@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -287,12 +288,27 @@ def test_get_annotator_errors_in_one_line_with_a_suggestion():
     with pytest.raises(UserError) as err:
         get_annotator("fiar")
     assert str(err.value) == ("unknown annotator 'fiar' (did you mean 'fair'?); "
-                              "choose from gold, fair, length, position, panel")
+                              "choose from gold, fair, length, position, panel, length:W or position:P")
     with pytest.raises(UserError) as err:
         get_annotator("zzz")
     assert "did you mean" not in str(err.value) and "\n" not in str(err.value)
     mine = Annotator("mine", flip=0.0)
     assert get_annotator(mine) is mine
+    for bad, what in (("length:x", "length:W takes a number"), ("length:inf", "length:W takes a number"),
+                      ("position:1.5", "position:P takes a number in [0, 1]"), ("position:", "position:P")):
+        with pytest.raises(UserError, match=re.escape(what)):
+            get_annotator(bad)
+
+
+def test_annotators_of_your_own_strength():
+    """`length:W` and `position:P` are fair with that bias: `length:1` is the `length` preset under another name,
+    and a stronger length weight moves P(longer) by the hand value sigmoid(d / T + W * dl / 100)."""
+    strong, preset = get_annotator("length:10"), get_annotator("length")
+    assert (strong.name, strong.length_weight, strong.flip, strong.temperature) == ("length:10", 10.0, FLIP, TEMPERATURE)
+    assert get_annotator("length:1").probs(0.5, 0.6, 80, 50) == preset.probs(0.5, 0.6, 80, 50)
+    s = sigmoid(-0.1 / TEMPERATURE + 10 * 30 / 100)           # gold 0.1 worse, 30 characters longer
+    assert strong.probs(0.5, 0.6, 80, 50)[0] == pytest.approx((1 - FLIP) * s + FLIP * (1 - s))
+    assert get_annotator("length:-5").length_weight == -5 and get_annotator("position:0.4").first_bias == 0.4
     with pytest.raises(UserError, match="annotator 'bad': flip must be in \\[0, 1\\], got 1.5"):
         Annotator("bad", flip=1.5)
     with pytest.raises(UserError, match="temperature must be >= 0"):

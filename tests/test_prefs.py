@@ -275,7 +275,7 @@ def test_data_check_shows_chosen_and_rejected(model_dir, tok, tmp_path, capsys):
 
 BAD_FLAGS = [
     (["--annotator", "fiar"], "error: --annotator: unknown annotator 'fiar' (did you mean 'fair'?); "
-                              "choose from gold, fair, length, position, panel"),
+                              "choose from gold, fair, length, position, panel, length:W or position:P"),
     (["--k", "1"], "error: --k: must be >= 2, got 1"),
     (["--temperature", "0"], "error: --temperature: must be > 0, got 0.0 "
                              "(preference data needs sampling: K greedy samples are identical)"),

@@ -34,7 +34,8 @@ Presets (`ANNOTATORS`, `get_annotator`): `gold` (temperature 0, no flips: the go
 ties), `fair` (the defaults), `length` (fair + `length_weight = LENGTH_WEIGHT = 1.0`: 100 characters
 longer adds 1 to the logit, as much as a gold gap of 0.1), `position` (fair + `first_bias = FIRST_BIAS =
 0.2`: 60% "a" on equal gold), `panel` (the majority vote of `PANEL_SIZE = 5` independent fair members,
-`panel/1` .. `panel/5`; each member's vote is its own three draws).
+`panel/1` .. `panel/5`; each member's vote is its own three draws). `length:W` and `position:P` are fair with a
+length weight W or a first-position bias P of your choice.
 
 Pairs for preference data (`pairs`): `mode="all"` (every two of a prompt's K responses, K(K-1)/2 pairs)
 or `"best_vs_worst"` (the first highest-gold against the first lowest-gold response; no pair when all gold
@@ -206,18 +207,35 @@ ANNOTATORS: dict[str, Judge] = {
 
 
 def get_annotator(name: str | Judge) -> Judge:
-    """The preset called `name` (an `Annotator` or `Panel` passes through), or a one-line `UserError`."""
+    """The preset called `name`, or `length:W` / `position:P` (fair with `length_weight` W or `first_bias` P: a
+    bias of your strength; `length:10`: 10 characters longer adds 1 to the logit, as much as a gold gap of 0.1);
+    an `Annotator` or `Panel` passes through; anything else is a one-line `UserError`."""
     if isinstance(name, Annotator | Panel):
         return name
+    base, sep, value = name.partition(":")
+    if sep and base in ("length", "position"):
+        try:
+            strength = float(value)
+        except ValueError:
+            strength = math.nan
+        if base == "length" and math.isfinite(strength):
+            return Annotator(name, length_weight=strength)
+        if base == "position" and 0 <= strength <= 1:
+            return Annotator(name, first_bias=strength)
+        raise UserError(f"annotator '{name}': " + ("length:W takes a number (length_weight; negative prefers "
+                        "the shorter)" if base == "length" else "position:P takes a number in [0, 1] "
+                        "(first_bias)") + f", got '{value}'")
     if name not in ANNOTATORS:
         raise UserError(f"unknown annotator '{name}'{did_you_mean(name, ANNOTATORS)}; "
-                        f"choose from {', '.join(ANNOTATORS)}")
+                        f"choose from {', '.join(ANNOTATORS)}, length:W or position:P")
     return ANNOTATORS[name]
 
 
 def help_text() -> str:
-    """One `describe()` line per preset."""
-    return "\n".join(j.describe() for j in ANNOTATORS.values())
+    """One `describe()` line per preset, and the two that take a strength."""
+    return "\n".join([*(j.describe() for j in ANNOTATORS.values()),
+                      "length:W, position:P: fair with a length weight W (logit per 100 characters longer) or a "
+                      "first-position bias P of your choice"])
 
 
 # --- agreement -------------------------------------------------------------------------------------
