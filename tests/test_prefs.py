@@ -366,3 +366,44 @@ def test_flat_prompts_are_counted_apart_from_ties():
     assert (report["pairs"], report["dropped_ties"], report["dropped_flat"], report["tie_labels"]) == (6, 0, 0, 4)
     # gold labels on (x, y), (x, z) agree; y vs z and the flat prompt's pairs are gold ties, labelled tie: 1
     assert report["agreement"] == 1.0 and report["panel"]["gold_ties"] == 4
+
+
+def test_relabel_the_same_pairs_by_another_annotator(tmp_path, capsys):
+    """`prefs relabel`: noisy pairs relabelled by `gold` keep every pair gold orders (the others swapped: their
+    count is the old labels' disagreements), shown as before; ties are dropped; a strong length bias picks the
+    longer side more often; the same seed gives the same file; a row without gold scores is one line, exit 2."""
+    from posttrain.rollout.prefs import label_pairs, relabel
+
+    tasks = sample_tasks(6, "train", 0, distinct=True)
+    texts = [["a", "bb bb", "ccc ccc ccc", "dddd dddd dddd dddd"] for _ in tasks]
+    golds = [[1.0, 0.5, 0.0, 0.5] for _ in tasks]
+    noisy, _ = label_pairs(tasks, texts, golds, "fair", seed=3, ties="keep")
+    wrong = sum(r["world"]["gold_chosen"] < r["world"]["gold_rejected"] for r in noisy)
+    ties = sum(r["world"]["gold_chosen"] == r["world"]["gold_rejected"] for r in noisy)
+    assert wrong > 0 and ties > 0
+    out, report = relabel(noisy, "gold")
+    assert (report["pairs"], report["dropped_ties"], report["flipped"], report["agreement"]) == (
+        len(noisy) - ties, ties, wrong, 1.0)
+    assert all(r["world"]["gold_chosen"] > r["world"]["gold_rejected"] for r in out)
+    kept = [r for r in noisy if r["world"]["gold_chosen"] != r["world"]["gold_rejected"]]
+    for old, new in zip(kept, out):
+        assert {old["chosen"], old["rejected"]} == {new["chosen"], new["rejected"]}
+        first = lambda r: r["chosen"] if r["world"]["shown_first"] == "chosen" else r["rejected"]  # noqa: E731
+        assert first(old) == first(new) and new["world"]["annotator"] == "gold"
+    _, long_report = relabel(noisy, "length:1000")
+    assert long_report["chosen_longer_after"] > report["chosen_longer_after"]
+    src = tmp_path / "noisy.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in noisy))
+    for name in ("a.jsonl", "b.jsonl"):
+        with pytest.raises(SystemExit) as info:
+            main(["prefs", "relabel", "--data", str(src), "--annotator", "length:30", "--out", str(tmp_path / name)])
+        assert info.value.code == 0
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    assert "relabel: " in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(noisy[0]) + "\n" + json.dumps({"prompt": "p", "chosen": "x", "rejected": "y"}) + "\n")
+    with pytest.raises(SystemExit) as info:
+        main(["prefs", "relabel", "--data", str(bad), "--annotator", "fair", "--out", str(tmp_path / "c.jsonl")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"{bad}:2: no 'world.gold_chosen'" in err and "Traceback" not in err, err
+    assert not (tmp_path / "c.jsonl").exists()

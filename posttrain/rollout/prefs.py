@@ -3,6 +3,13 @@
     posttrain prefs generate --policy PATH --n-prompts N --k K --annotator NAME --out FILE [--split train|test]
         [--mode all|best_vs_worst] [--ties drop|keep] [--unpaired] [--threshold 0.7]
         [--temperature 1.0] [--top-p 1.0] [--max-new-tokens 128] [--batch-size 32] [--seed 0]
+    posttrain prefs relabel --data FILE --annotator NAME --out FILE [--seed 0]
+
+`prefs relabel` (`relabel`) labels the pairs of a `prefs generate` file again, by another annotator, each shown
+in the order it was shown before (its `world.shown_first`), from its own stream `random.Random(
+f"posttrain.prefs.relabel:{seed}:{line}")`: the same responses under a fair, a length-biased or a noise-free
+judge. A pair the new annotator calls a tie is dropped (counted). A row without the world's gold scores (a
+user's file) is refused with its file, line and field.
 
 The steps, each a function the pipeline can call without the command line:
 
@@ -248,6 +255,48 @@ def _empty_line(n: int, what: str) -> list[str]:
             f"assistant turn)"]
 
 
+def relabel(rows: list[dict], annotator: str, seed: int = 0, where: str = "data") -> tuple[list[dict], dict]:
+    """`rows` (`prefs generate` records) labelled again by `annotator` (module docstring); returns the new
+    records and a report: pairs, ties dropped, pairs whose chosen side changed, the new labels' agreement with
+    gold, and how often the chosen side is the longer one, before and after."""
+    judge = get_annotator(annotator)
+    out, flipped, ties = [], 0, 0
+    for line, r in enumerate(rows, 1):
+        w = r.get("world")
+        missing = [k for k in ("gold_chosen", "gold_rejected", "shown_first") if not isinstance(w, dict) or k not in w]
+        if missing or not isinstance(r.get("chosen"), str) or not isinstance(r.get("rejected"), str):
+            field = f"world.{missing[0]}" if missing else "chosen" if not isinstance(r.get("chosen"), str) else "rejected"
+            raise UserError(f"{where}:{line}: no '{field}' (prefs relabel reads `prefs generate` rows, which carry "
+                            f"the world's gold scores)")
+        c = shown(r)
+        label = judge.judge(c.gold_a, c.gold_b, random.Random(f"posttrain.prefs.relabel:{seed}:{line}"), c.len_a,
+                            c.len_b)
+        if label == "tie":
+            ties += 1
+            continue
+        first_is_chosen = w["shown_first"] == "chosen"
+        new = {**r, "world": {**w, "annotator": judge.name, "label": label, "tie": False}}
+        if (label == "a") != first_is_chosen:   # the other side wins now
+            flipped += 1
+            nw = new["world"]
+            new["chosen"], new["rejected"] = r["rejected"], r["chosen"]
+            nw["gold_chosen"], nw["gold_rejected"] = w["gold_rejected"], w["gold_chosen"]
+            if "index_chosen" in w and "index_rejected" in w:
+                nw["index_chosen"], nw["index_rejected"] = w["index_rejected"], w["index_chosen"]
+            nw["shown_first"] = "rejected" if first_is_chosen else "chosen"
+        out.append(new)
+
+    def longer(rs: list[dict]) -> float | None:
+        return _mean([float(len(x["chosen"].strip()) > len(x["rejected"].strip())) for x in rs])
+
+    report = {"annotator": judge.name, "rows": len(rows), "pairs": len(out), "dropped_ties": ties,
+              "flipped": flipped,
+              "agreement": agreement([x["world"]["label"] for x in out], [_gold_label(*shown(x)[:2]) for x in out])
+              if out else None,
+              "chosen_longer_before": longer(rows), "chosen_longer_after": longer(out)}
+    return out, report
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posttrain prefs", description="Preference data from a policy's samples.")
     sub = p.add_subparsers(dest="action", required=True)
@@ -272,6 +321,14 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=DEFAULTS["max_new_tokens"], help="(default %(default)d)")
     g.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="sequences per forward pass (default %(default)d)")
     g.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="picks the prompts, the samples and the labels (default %(default)d)")
+    r = sub.add_parser("relabel", formatter_class=argparse.RawTextHelpFormatter,
+                       help="label the pairs of a prefs generate file again, by another annotator",
+                       description="Label the pairs of a `prefs generate` file again, by another annotator, each "
+                                   "shown in its old order; ties are dropped.")
+    r.add_argument("--data", required=True, metavar="FILE", help="a prefs generate .jsonl file")
+    r.add_argument("--annotator", required=True, metavar="NAME", help="the new annotator:\n" + help_text().replace("%", "%%"))
+    r.add_argument("--out", required=True, metavar="FILE", help="output .jsonl file (written atomically)")
+    r.add_argument("--seed", type=int, default=0, help="the labels' random streams (default %(default)d)")
     return p
 
 
@@ -295,9 +352,44 @@ def _check_args(args: argparse.Namespace) -> None:
     check_writable(args.out, "--out")
 
 
+def relabel_main(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from posttrain.io import check_writable
+    from posttrain.world.sft_data import write_jsonl
+
+    try:
+        get_annotator(args.annotator)
+    except UserError as e:
+        raise UserError(f"--annotator: {e}") from None
+    check_writable(args.out, "--out")
+    if not Path(args.data).is_file():
+        raise UserError(f"--data: no such file: {args.data}")
+    rows = []
+    for i, line in enumerate(Path(args.data).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{args.data}:{i}: not JSON ({e.msg})") from None
+    out, report = relabel(rows, args.annotator, seed=args.seed, where=args.data)
+    print(f"relabel: {report['rows']} pairs by {report['annotator']}: {report['pairs']} written, "
+          f"{report['dropped_ties']} ties dropped, {report['flipped']} with the other side chosen now; agreement "
+          f"with gold {_f(report['agreement'])}; chosen side the longer one {_f(report['chosen_longer_before'])} "
+          f"-> {_f(report['chosen_longer_after'])}")
+    if not out:
+        raise UserError(f"no pair left: {args.annotator} called every pair a tie; nothing written to {args.out}")
+    write_jsonl(out, args.out)
+    print(f"wrote {len(out)} preference pairs to {args.out}")
+    return 0
+
+
 def prefs_main(argv: list[str]) -> int:
-    """Run `posttrain prefs generate ...` (module docstring); returns the exit code."""
+    """Run `posttrain prefs generate ...` or `prefs relabel ...` (module docstring); returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.action == "relabel":
+        return relabel_main(args)
     _check_args(args)
 
     import torch
