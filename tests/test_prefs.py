@@ -407,3 +407,8 @@ def test_relabel_the_same_pairs_by_another_annotator(tmp_path, capsys):
     err = capsys.readouterr().err
     assert info.value.code == 2 and f"{bad}:2: no 'world.gold_chosen'" in err and "Traceback" not in err, err
     assert not (tmp_path / "c.jsonl").exists()
+    bad.write_text(json.dumps(noisy[0]) + "\n{not json\n")
+    with pytest.raises(SystemExit) as info:
+        main(["prefs", "relabel", "--data", str(bad), "--annotator", "fair", "--out", str(tmp_path / "c.jsonl")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"{bad}:2: invalid JSON" in err and not (tmp_path / "c.jsonl").exists(), err

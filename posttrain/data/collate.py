@@ -140,18 +140,17 @@ def shared_prompt_batch(groups: list[list[tuple[Rendered, Rendered]]], pad_id: i
 def pack_pairs(pairs: list[tuple[Rendered, Rendered]], pad_id: int) -> tuple[dict[str, torch.Tensor], list[int]]:
     """`pairs` packed into shared-prompt rows (`shared_prompt_batch`) as wide as the longest pair, first-fit
     (`pack_lengths`). Returns the batch and the pairs' order in it (documents 2k, 2k + 1 are pair order[k]'s)."""
-    order, batch = pack_groups([list(p) for p in pairs], [pair_stem(a, b) for a, b in pairs], pad_id)
-    return batch, order
+    return pack_groups([list(p) for p in pairs], [pair_stem(a, b) for a, b in pairs], pad_id)
 
 
-def pack_groups(groups: list[list[Rendered]], stems: list[int], pad_id: int) -> tuple[list[int], dict[str, torch.Tensor]]:
+def pack_groups(groups: list[list[Rendered]], stems: list[int], pad_id: int) -> tuple[dict[str, torch.Tensor], list[int]]:
     """Groups of sequences that share their first stems[g] tokens (a preference pair, GRPO's samples of one
     prompt), packed into shared-prompt rows (`shared_rows`) as wide as the longest group, first-fit. Returns the
-    groups' order in the batch and the batch (its documents are the order's groups' sequences, in turn)."""
+    batch and the groups' order in it (its documents are the order's groups' sequences, in turn)."""
     lengths = [s + sum(len(x.input_ids) - s for x in g) for g, s in zip(groups, stems)]
     rows = pack_lengths(lengths, max(lengths))
     order = [j for r in rows for j in r]
-    return order, shared_rows([[(stems[j], groups[j]) for j in r] for r in rows], pad_id)
+    return shared_rows([[(stems[j], groups[j]) for j in r] for r in rows], pad_id), order
 
 
 def shared_rows(spans: list[list[tuple[int, list[Rendered]]]], pad_id: int) -> dict[str, torch.Tensor]:

@@ -156,7 +156,7 @@ def samples_batch(samples: list[dict], chunk: list[int], pad_id: int,
     if share_prompts and len(by_prompt) < len(chunk):   # some prompt repeats: shorter rows
         groups = list(by_prompt.values())
         stems = [max(len(samples[g[0]]["prompt_ids"]) - 1, 0) for g in groups]
-        where, batch = pack_groups([[seqs[i] for i in g] for g in groups], stems, pad_id)
+        batch, where = pack_groups([[seqs[i] for i in g] for g in groups], stems, pad_id)
         return batch, [i for j in where for i in groups[j]]
     lengths = [len(seqs[i].input_ids) for i in chunk]
     rows = pack_lengths(lengths, max(lengths))

@@ -6,8 +6,8 @@
     posttrain prefs relabel --data FILE --annotator NAME --out FILE [--seed 0]
 
 `prefs relabel` (`relabel`) labels the pairs of a `prefs generate` file again, by another annotator, each shown
-in the order it was shown before (its `world.shown_first`), from its own stream `random.Random(
-f"posttrain.prefs.relabel:{seed}:{line}")`: the same responses under a fair, a length-biased or a noise-free
+in the order it was shown before (its `world.shown_first`), row n from its own stream `random.Random(
+f"posttrain.prefs.relabel:{seed}:{n}")`: the same responses under a fair, a length-biased or a noise-free
 judge. A pair the new annotator calls a tie is dropped (counted). A row without the world's gold scores (a
 user's file) is refused with its file, line and field.
 
@@ -255,18 +255,21 @@ def _empty_line(n: int, what: str) -> list[str]:
             f"assistant turn)"]
 
 
-def relabel(rows: list[dict], annotator: str, seed: int = 0, where: str = "data") -> tuple[list[dict], dict]:
-    """`rows` (`prefs generate` records) labelled again by `annotator` (module docstring); returns the new
-    records and a report: pairs, ties dropped, pairs whose chosen side changed, the new labels' agreement with
-    gold, and how often the chosen side is the longer one, before and after."""
+def relabel(rows: list[dict], annotator: str, seed: int = 0,
+            wheres: list[str] | None = None) -> tuple[list[dict], dict]:
+    """`rows` (`prefs generate` records; `wheres`: where each was read, for errors) labelled again by `annotator`
+    (module docstring; row n, from 1, draws from its own stream); returns the new records and a report: pairs,
+    ties dropped, pairs whose chosen side changed, the new labels' agreement with gold, and how often the chosen
+    side is the longer one, before and after."""
     judge = get_annotator(annotator)
     out, flipped, ties = [], 0, 0
     for line, r in enumerate(rows, 1):
+        where = wheres[line - 1] if wheres else f"row {line}"
         w = r.get("world")
         missing = [k for k in ("gold_chosen", "gold_rejected", "shown_first") if not isinstance(w, dict) or k not in w]
         if missing or not isinstance(r.get("chosen"), str) or not isinstance(r.get("rejected"), str):
             field = f"world.{missing[0]}" if missing else "chosen" if not isinstance(r.get("chosen"), str) else "rejected"
-            raise UserError(f"{where}:{line}: no '{field}' (prefs relabel reads `prefs generate` rows, which carry "
+            raise UserError(f"{where}: no '{field}' (prefs relabel reads `prefs generate` rows, which carry "
                             f"the world's gold scores)")
         c = shown(r)
         label = judge.judge(c.gold_a, c.gold_b, random.Random(f"posttrain.prefs.relabel:{seed}:{line}"), c.len_a,
@@ -353,9 +356,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def relabel_main(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
+    from posttrain.data.loading import read_records
     from posttrain.io import check_writable
     from posttrain.world.sft_data import write_jsonl
 
@@ -364,16 +365,9 @@ def relabel_main(args: argparse.Namespace) -> int:
     except UserError as e:
         raise UserError(f"--annotator: {e}") from None
     check_writable(args.out, "--out")
-    if not Path(args.data).is_file():
-        raise UserError(f"--data: no such file: {args.data}")
-    rows = []
-    for i, line in enumerate(Path(args.data).read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{args.data}:{i}: not JSON ({e.msg})") from None
-    out, report = relabel(rows, args.annotator, seed=args.seed, where=args.data)
+    records = read_records(args.data)   # file:line errors for bad JSON and non-objects
+    rows, wheres = [r for r, _ in records], [w for _, w in records]
+    out, report = relabel(rows, args.annotator, seed=args.seed, wheres=wheres)
     print(f"relabel: {report['rows']} pairs by {report['annotator']}: {report['pairs']} written, "
           f"{report['dropped_ties']} ties dropped, {report['flipped']} with the other side chosen now; agreement "
           f"with gold {_f(report['agreement'])}; chosen side the longer one {_f(report['chosen_longer_before'])} "
