@@ -73,8 +73,8 @@ def check_writable(path: str | os.PathLike, what: str = "output", folder: bool =
     """Fail before any work when `path` cannot be written: a `UserError` naming `what` and the path.
 
     `path` is a file to be written (its parent folders are made if needed), or with `folder` a folder to
-    write into. A probe file is created and removed there, so an unwritable place is found before a long
-    job, not after it.
+    write into. A probe folder and file are created and removed in the nearest folder that exists, so an
+    unwritable place is found before a long job, not after it, and nothing is left behind.
     """
     from posttrain.errors import UserError
 
@@ -84,15 +84,19 @@ def check_writable(path: str | os.PathLike, what: str = "output", folder: bool =
     if folder and path.exists() and not path.is_dir():
         raise UserError(f"{what}: '{path}' is a file; give a folder")
     parent = path if folder else path.parent
-    missing = [d for d in (parent, *parent.parents) if not d.exists()]  # made for the probe, removed after it
+    # The probe goes into the nearest folder that exists, under a name of its own: a temporary folder (can the
+    # missing folders be made?) holding a temporary file. Nothing is made under the path's own names, so runs
+    # that start at once with the same output (or one run's processes) never remove a folder from under another.
+    base = next(d for d in (parent, *parent.parents) if d.exists())
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=".posttrain-", suffix=".probe")
-        os.close(fd)
-        os.unlink(probe)
+        if not base.is_dir():
+            raise NotADirectoryError(20, "Not a directory")
+        probe_dir = tempfile.mkdtemp(dir=base, prefix=".posttrain-", suffix=".probe")
+        try:
+            fd, probe = tempfile.mkstemp(dir=probe_dir)
+            os.close(fd)
+            os.unlink(probe)
+        finally:
+            os.rmdir(probe_dir)
     except OSError as e:
         raise UserError(f"{what}: cannot write '{path}' ({e.strerror or type(e).__name__})") from None
-    finally:
-        for d in missing:  # deepest first: a run that then fails on bad input leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                d.rmdir()

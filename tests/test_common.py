@@ -3,9 +3,11 @@ policy and a value model) and restores every one of them exactly, with the RNG s
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from posttrain.recipes import common
@@ -58,9 +60,8 @@ def test_a_checkpoint_restores_several_models_optimizers_and_schedules(tmp_path)
 
 
 def test_only_the_main_process_probes_the_run_folder(tmp_path, monkeypatch):
-    """A probe makes missing folders and removes them again; run by every process at once, one process's clean-up
-    pulled the folder from under another's probe (a two-process run failed with 'cannot write'). Only the main
-    process, which writes the run folder, probes it; the others wait for it."""
+    """Only the main process, which writes the run folder, probes it; the others wait for it (a two-process run
+    once failed with 'cannot write' when every process probed: see test_probes_never_make_the_paths_own_folders)."""
     from types import SimpleNamespace
 
     probed, waits = [], []
@@ -70,3 +71,32 @@ def test_only_the_main_process_probes_the_run_folder(tmp_path, monkeypatch):
         common.open_run(common.RunConfig(output_dir=str(tmp_path / "new" / "run")), acc, "test")
     assert probed == [tmp_path / "new" / "run"] and waits.count(False) >= 1
     assert not (tmp_path / "new").exists()  # nothing made by the processes that do not probe
+
+
+def test_probes_never_make_the_paths_own_folders(tmp_path, monkeypatch):
+    """`check_writable` probes in the nearest folder that exists, under names of its own: two runs that start at
+    once with the same missing output folder (tests/test_models.py starts two `posttrain sft` in one folder) can
+    no longer remove `runs/` from under each other's probe; nothing is left behind; a file in the way and an
+    unwritable folder are one-line errors."""
+    import tempfile
+
+    from posttrain.errors import UserError
+    from posttrain.io import check_writable
+
+    made = []
+    real = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda **k: made.append(k["dir"]) or real(**k))
+    check_writable(tmp_path / "runs" / "sft", "output_dir", folder=True)
+    check_writable(tmp_path / "runs" / "out.jsonl", "--out")
+    assert made == [tmp_path, tmp_path] and list(tmp_path.iterdir()) == []
+    (tmp_path / "runs").mkdir()
+    check_writable(tmp_path / "runs" / "sft", "output_dir", folder=True)
+    assert made[-1] == tmp_path / "runs" and list((tmp_path / "runs").iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match=r"output_dir: cannot write '.*file/sub' \(Not a directory\)"):
+        check_writable(tmp_path / "file" / "sub", "output_dir", folder=True)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # root writes anywhere
+        with pytest.raises(UserError, match="cannot write"):
+            check_writable(locked / "a" / "b.json", "--out")

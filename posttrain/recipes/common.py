@@ -491,8 +491,7 @@ def open_run(cfg: RunConfig, acc: Accelerator, name: str) -> Run:
     - `resume=false`: the earlier run's files are removed and the run starts over.
     """
     out = Path(cfg.output_dir)
-    # Only the main process writes the run folder, so only it probes: a probe makes the missing folders and
-    # removes them again, which would pull the folder from under another process's probe.
+    # Only the main process writes the run folder, so only it probes; the others wait for it.
     if acc.is_main_process:
         check_writable(out, "output_dir", folder=True)
     acc.wait_for_everyone()
