@@ -918,9 +918,10 @@ def section_times(ctx: Context):
     seconds = _seconds(ctx)
     if not seconds:
         return None
-    rows = [[name, _duration(t), f"{t / sum(seconds.values()):.0%}"] for name, t in seconds.items()]
+    total = sum(seconds.values())  # 0.0 when every stage took under 0.05 s (times are kept to 0.1 s)
+    rows = [[name, _duration(t), f"{t / total:.0%}" if total > 0 else "-"] for name, t in seconds.items()]
     return Section("Time per stage", simple_table(["stage", "wall time", "share"], rows),
-                   f"{_duration(sum(seconds.values()))} in all; a stage reused from an earlier run keeps the time of "
+                   f"{_duration(total)} in all; a stage reused from an earlier run keeps the time of "
                    "the run that made it.")
 
 

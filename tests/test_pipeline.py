@@ -133,6 +133,16 @@ def test_stages_runs_a_subset_and_needs_are_checked_first(model_dir, tmp_path):
     assert summary["seconds"]["sft"] > 0 and "Time per stage" in (out / "report.html").read_text()
 
 
+def test_the_time_table_takes_stages_that_took_no_time():
+    """On a fast machine a tiny run's stages can all round to 0.0 s: the table says so instead of dividing by 0."""
+    from types import SimpleNamespace
+
+    zero = pipeline.section_times(SimpleNamespace(results={"data": {"seconds": 0.0}, "eval": {"seconds": 0.0}}))
+    assert "0.0 s in all" in zero.note and zero.body.count("<td>-</td>") == 2
+    some = pipeline.section_times(SimpleNamespace(results={"data": {"seconds": 1.0}, "eval": {"seconds": 3.0}}))
+    assert "25%" in some.body and "75%" in some.body
+
+
 def test_stage_times_read_as_people_write_them():
     assert [pipeline._duration(t) for t in (5.04, 59.96, 119.5, 3599.6)] == [
         "5.0 s", "1 min 00 s", "2 min 00 s", "60 min 00 s"]

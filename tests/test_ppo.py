@@ -3,7 +3,8 @@ token is predicted; step 1 is the hand value (KL 0, gamma = lambda = 1: every re
 vf_coef x 0.5 mean (V - score)^2, the whitened advantages' mean 0) from rollouts and values reproduced outside the
 recipe, with the missing-EOS penalty; the KL is 0 at step 1 and grows; micro-batch invariance; exact resume (also
 shared LoRA + PPO-ptx + adaptive beta); a short run learns the reward; the shared mode keeps one base and trains
-both adapters; Llama, Qwen2 and GPT-2, full and shared; bad settings are one line and exit 2."""
+both adapters; value_lr trains the value model alone, as freeze_policy_steps does first; Llama, Qwen2 and GPT-2,
+full and shared; bad settings are one line and exit 2."""
 
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def test_step_one_is_the_hand_value(model_dir, value_dir, tok, tmp_path):
     assert logged == [s["text"] for s in samples]
     score = [s["text"].count("e") / max(len(s["text"]), 1) - (0.0 if s["stopped"] else 0.5) for s in samples]
     vm = AutoModelForSequenceClassification.from_pretrained(value_dir).eval()
-    se, n = 0.0, 0
+    se, n, returns, values = 0.0, 0, [], []
     with torch.no_grad():
         for s, sc in zip(samples, score):
             ids = s["prompt_ids"] + s["token_ids"]
@@ -98,6 +99,10 @@ def test_step_one_is_the_hand_value(model_dir, value_dir, tok, tmp_path):
             v = v[len(s["prompt_ids"]) - 1:len(ids) - 1]
             se += float(((v - sc) ** 2).sum())
             n += len(s["token_ids"])
+            returns += [sc] * len(v)
+            values += v.tolist()
+    r, v = torch.tensor(returns, dtype=torch.float64), torch.tensor(values, dtype=torch.float64)
+    assert m["val/explained_variance"] == pytest.approx(1 - float((r - v).var() / r.var()), abs=1e-5)
     assert m["train/loss"] == pytest.approx(0.3 * 0.5 * se / n, abs=2e-5)
     assert m["loss/value_avg"] == pytest.approx(0.5 * se / n, abs=2e-5)
     assert m["objective/scores"] == pytest.approx(sum(score) / 6, abs=1e-6)
@@ -175,6 +180,52 @@ def test_shared_mode_keeps_one_base_and_trains_both_adapters(model_dir, tmp_path
     assert AutoModelForCausalLM.from_pretrained(out / "model") is not None
 
 
+@pytest.mark.parametrize("mode", [[], ["lora.enabled=true", "shared=true"]])
+def test_value_lr_is_the_value_models_own(model_dir, tmp_path, mode):
+    """optim.lr=0 with value_lr > 0: the policy stays where it started (KL 0, the same samples as a run where
+    nothing trains) and the value model (a model of its own, or the shared base's value adapter and head) trains:
+    step 2's value loss on those same samples differs from the frozen run's."""
+    one = ["optim.lr=0", "max_steps=2", "ppo_epochs=1", "mini_batch_size=0", *mode]  # one update a step
+    run(model_dir, tmp_path / "frozen", *one)
+    run(model_dir, tmp_path / "vlr", "value_lr=1e-2", *one)
+    frozen, vlr = read_metrics(tmp_path / "frozen"), read_metrics(tmp_path / "vlr")
+    assert [r["objective/kl"] for r in vlr] == pytest.approx([0.0, 0.0], abs=1e-7)
+    assert [r["objective/scores"] for r in vlr] == [r["objective/scores"] for r in frozen]
+    assert vlr[0]["loss/value_avg"] == pytest.approx(frozen[0]["loss/value_avg"], abs=1e-7)
+    assert abs(vlr[1]["loss/value_avg"] - frozen[1]["loss/value_avg"]) > 1e-4
+
+
+@pytest.mark.parametrize("mode", [[], ["lora.enabled=true", "shared=true"]])
+def test_freeze_policy_steps_trains_the_value_model_alone_first(model_dir, tmp_path, mode):
+    """freeze_policy_steps=1: step 1 leaves the policy as it was (KL 0 again at step 2, where an unfrozen run has
+    moved) and trains the value model (step 2's value loss differs from a run with lr 0); from step 2 on both."""
+    one = ["ppo_epochs=1", "mini_batch_size=0", *mode]
+    run(model_dir, tmp_path / "free", "max_steps=3", "optim.lr=3e-3", *one)
+    run(model_dir, tmp_path / "frozen1", "max_steps=3", "optim.lr=3e-3", "freeze_policy_steps=1", *one)
+    run(model_dir, tmp_path / "still", "max_steps=2", "optim.lr=0", *one)
+    free, frozen1, still = (read_metrics(tmp_path / d) for d in ("free", "frozen1", "still"))
+    assert free[1]["objective/kl"] > 1e-4
+    assert [r["objective/kl"] for r in frozen1[:2]] == pytest.approx([0.0, 0.0], abs=1e-7)
+    assert frozen1[1]["objective/scores"] == still[1]["objective/scores"]      # the same samples as no training
+    assert abs(frozen1[1]["loss/value_avg"] - still[1]["loss/value_avg"]) > 1e-4
+    assert frozen1[2]["objective/kl"] > 1e-4
+
+
+def test_the_shared_modes_value_group_is_the_value_adapter_and_head(model_dir, tmp_path):
+    from posttrain.recipes import common
+
+    cfg = load_config(PPOConfig, None, [f"model={model_dir}", f"output_dir={tmp_path}", *BASE, "lora.enabled=true",
+                                        "shared=true", "value_lr=1e-2"])
+    models = ppo.Models(cfg, common.make_accelerator("fp32", 0, 0), 0)
+    names = {id(p): n for n, p in models.model.named_parameters()}
+    policy, value = models.groups
+    assert value["lr"] == 1e-2 and "lr" not in policy
+    assert policy["params"] and all(".default." in names[id(p)] for p in policy["params"])
+    lora = [names[id(p)] for p in value["params"] if id(p) in names]
+    assert lora and all(".value." in n for n in lora) and len(lora) == len(policy["params"])
+    assert any(p is models.value.weight for p in value["params"])
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 @pytest.mark.parametrize("mode", [[], ["lora.enabled=true", "shared=true"]])
 def test_every_arch_trains_full_and_shared(arch, mode, tok, tmp_path):
@@ -195,6 +246,14 @@ def test_the_value_model_starts_from_the_reward_model():
     assert ppo.value_start(cfg("rewards=[rm:RM,world]")) == "SFT"
     assert ppo.value_start(cfg("rewards=[world]")) == "SFT"
     assert ppo.value_start(cfg("rewards=[rm:RM]", "value_model=V")) == "V"
+
+
+def test_a_new_value_head_starts_at_zero(model_dir, value_dir):
+    """On a causal LM's body the head is new and zeroed (the first values are 0); a reward model keeps its own."""
+    assert torch.count_nonzero(ppo._load_value_model(str(model_dir)).score.weight) == 0
+    kept = ppo._load_value_model(str(value_dir)).score.weight
+    assert torch.equal(kept, AutoModelForSequenceClassification.from_pretrained(value_dir).score.weight)
+    assert torch.count_nonzero(kept) > 0
 
 
 def test_bad_settings(model_dir, tmp_path, capsys):

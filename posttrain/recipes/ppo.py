@@ -22,13 +22,15 @@ RLHF with PPO", where they agree; where they differ it says so):
 - Updates: `ppo_epochs` passes over the step's samples in seeded random mini-batches of `mini_batch_size`, one
   optimizer step each: the clipped policy loss (`cliprange`) plus `vf_coef` x the clipped value loss
   (`cliprange_value`), token means over the mini-batch (TRL's masked means), with one optimizer over the policy
-  and the value model (TRL's PolicyAndValueWrapper). `ptx_coef` > 0 adds PPO-ptx (InstructGPT): ptx_coef x the
+  and the value model (TRL's PolicyAndValueWrapper; `value_lr` gives the value model a peak learning rate of its
+  own, OpenRLHF's critic_learning_rate; `freeze_policy_steps` trains the value model alone for the first steps,
+  OpenRLHF's freezing_actor_steps). `ptx_coef` > 0 adds PPO-ptx (InstructGPT): ptx_coef x the
   language-model loss of `ptx_batch_size` examples of `ptx_data` (any SFT conversation file) to every update.
 - Models. Separate (default): the policy (full, or LoRA with the reference as the base with adapters off), a
   frozen copy of it as the reference (full only), the value model (a sequence classifier loaded from
-  `value_model`, by default the reward model when the reward is one `rm:PATH`, else the policy with a new head;
-  values read at every response position through its body and its `score` head) and the reward model: four
-  models. Shared (`shared=true`, needs `lora.enabled`): one frozen base; the policy is LoRA adapter `default`,
+  `value_model`, by default the reward model when the reward is one `rm:PATH`, else the policy with a new head,
+  zero-initialised; values read at every response position through its body and its `score` head) and the reward
+  model: four models. Shared (`shared=true`, needs `lora.enabled`): one frozen base; the policy is LoRA adapter `default`,
   the value model LoRA adapter `value` plus a linear head (zero-initialised) on the same base, and the reference
   is the base with adapters off; a LoRA reward model (`posttrain rm lora.enabled=true`'s adapter/ folder on the
   same base) loads as a third adapter, any other reward model stays its own model (or a function).
@@ -36,7 +38,9 @@ RLHF with PPO", where they agree; where they differ it says so):
   -log p of the sampled tokens), objective/non_score_reward, objective/rlhf_reward, objective/scores,
   policy/approxkl_avg, policy/clipfrac_avg, loss/policy_avg, loss/value_avg, val/clipfrac_avg,
   policy/entropy_avg, val/ratio, val/num_eos_tokens; plus gold (the world's mean gold of the samples, whatever the
-  reward), rewards/<name>, beta, completions/mean_length and completions/clipped_ratio.
+  reward), rewards/<name>, beta, completions/mean_length, completions/clipped_ratio and val/explained_variance
+  (1 - Var(returns - values) / Var(returns) over the rollout's response tokens: how much of the return the value
+  model predicts before the step's updates).
 """
 
 from __future__ import annotations
@@ -101,7 +105,7 @@ class PPOConfig(OnlineRLConfig):
     mini_batch_size: int = doc(0, "samples per optimizer update (0: batch_size, one update per epoch)", ge=0)
     ppo_epochs: int = doc(4, "passes over each rollout batch (TRL's num_ppo_epochs)", ge=1)
     value_model: str = doc("", "the value model's start (a reward model or causal LM folder; empty: the reward "
-                               "model when the reward is one rm:PATH, else the policy with a new head)")
+                               "model when the reward is one rm:PATH, else the policy with a new head, zeroed)")
     shared: bool = doc(False, "one frozen base: policy and value model as two LoRA adapters on it, the reference "
                               "as the base with adapters off (needs lora.enabled)")
     missing_eos_penalty: float = doc(1.0, "subtracted from the score of a sample that did not stop", ge=0)
@@ -114,6 +118,11 @@ class PPOConfig(OnlineRLConfig):
     cliprange: float = doc(0.2, "policy ratio clip", gt=0, lt=1)
     cliprange_value: float = doc(0.2, "value clip around the rollout's values (0: no clipping)", ge=0)
     vf_coef: float = doc(0.1, "weight of the value loss", ge=0)
+    freeze_policy_steps: int = doc(0, "first steps that train the value model alone (OpenRLHF's "
+                                      "freezing_actor_steps): its values learn the returns before they steer the "
+                                      "policy", ge=0)
+    value_lr: float = doc(0.0, "the value model's peak learning rate, on optim's schedule (OpenRLHF's "
+                               "critic_learning_rate; 0: optim.lr, TRL's one learning rate)", ge=0)
     ptx_data: str = doc("", "PPO-ptx: SFT data (any conversation format) whose LM loss joins every update")
     ptx_coef: float = doc(0.0, "PPO-ptx: weight of that LM loss (0: off)", ge=0)
     ptx_batch_size: int = doc(8, "PPO-ptx: examples per update", ge=1)
@@ -209,12 +218,17 @@ def shared_rewards(cfg: PPOConfig, fns: dict, adapters: SharedAdapters, tok) -> 
 
 
 def _load_value_model(path: str):
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from posttrain.recipes.rm import _quiet_hf
 
+    archs = AutoConfig.from_pretrained(path).architectures or []
     with _quiet_hf():
         value = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        # A causal LM's body with a new head: zero it (as the shared mode's), so the first values are 0, not noise
+        # (transformers' random head explains less than nothing of the returns: explained variance about -1.4).
+        torch.nn.init.zeros_(value.score.weight)
     value.config.use_cache = False
     if value.config.pad_token_id is None:
         value.config.pad_token_id = load_tokenizer(path).pad_token_id
@@ -306,7 +320,15 @@ class Models:
             torch.nn.init.zeros_(value.weight)
         else:
             value = _load_value_model(value_start(cfg))
-        self.params = [p for m in (model, value) for p in m.parameters() if p.requires_grad]
+        policy_params = [p for p in model.parameters() if p.requires_grad]
+        value_params = [p for p in value.parameters() if p.requires_grad]
+        if self.adapters is not None:  # the value adapter's weights live in the policy's peft model
+            value_ids = {id(p) for n, p in model.named_parameters() if n.split(".")[-2] == "value"}
+            value_params += [p for p in policy_params if id(p) in value_ids]
+            policy_params = [p for p in policy_params if id(p) not in value_ids]
+        self.params = policy_params + value_params
+        # One optimizer, two parameter groups: the value model's own peak learning rate when value_lr is set.
+        self.groups = [{"params": policy_params}, {"params": value_params, "lr": cfg.value_lr or cfg.optim.lr}]
         self.model, self.value = model, value
 
     def prepare(self, optimizer):
@@ -348,18 +370,22 @@ class Models:
         self.value.train()
         return old, ref, values
 
-    def ppo_loss(self, b: Rollouts, n_tokens: int, sums: dict[str, float], chunk: list[int]) -> torch.Tensor:
+    def ppo_loss(self, b: Rollouts, n_tokens: int, sums: dict[str, float], chunk: list[int],
+                 train_policy: bool = True) -> torch.Tensor:
         """One micro-batch's share of an update's loss: the clipped policy loss plus vf_coef x the clipped value
         loss, token means over the mini-batch. The policy part is backpropagated here, before the value pass, so
         the two graphs are never in memory together; the value part is returned (plus the policy part, detached,
-        for the logged loss)."""
+        for the logged loss). With `train_policy` false (freeze_policy_steps) the policy part is measured, not
+        trained."""
         cfg, width = self.cfg, b.mask.shape[1]
         self.use("default")
-        lp, _, ent = chunk_logps(self.model, self.acc, b.samples, chunk, self.pad_id, width, entropy=True)
-        mask = b.mask[chunk].to(lp.device)
-        pg, pm = policy_loss(lp, b.old[chunk].to(lp.device), b.adv[chunk].to(lp.device), mask, cfg.cliprange)
-        pg_part = aggregate(pg, mask, "token_mean", global_tokens=n_tokens)
-        self.acc.backward(pg_part * self.acc.num_processes)
+        with torch.set_grad_enabled(train_policy):
+            lp, _, ent = chunk_logps(self.model, self.acc, b.samples, chunk, self.pad_id, width, entropy=True)
+            mask = b.mask[chunk].to(lp.device)
+            pg, pm = policy_loss(lp, b.old[chunk].to(lp.device), b.adv[chunk].to(lp.device), mask, cfg.cliprange)
+            pg_part = aggregate(pg, mask, "token_mean", global_tokens=n_tokens)
+        if train_policy:
+            self.acc.backward(pg_part * self.acc.num_processes)
         self.use("value")
         v = chunk_values(self.backbone, self.head, self.acc, b.samples, chunk, self.pad_id, width)
         vl, vm = value_loss(v, b.values[chunk].to(v.device), b.returns[chunk].to(v.device), mask,
@@ -392,6 +418,9 @@ def step_metrics(cfg: PPOConfig, b: Rollouts, score: torch.Tensor, keep: torch.T
     n_tok = max(float(b.mask.sum()) * cfg.ppo_epochs, 1.0)
     lengths = [len(s["token_ids"]) for s in b.samples]
     non_score = -beta * mean_kl  # the KL part of the per-token rewards, summed per sample
+    m = b.mask.bool()
+    returns, err = b.returns[m], (b.returns - b.values)[m]
+    explained = 1.0 - float(err.var()) / float(returns.var()) if returns.numel() > 1 and returns.var() > 0 else 0.0
     return {
         "objective/kl": mean_kl,
         "objective/entropy": float((-b.old * b.mask).sum()) / n_kept,
@@ -403,6 +432,7 @@ def step_metrics(cfg: PPOConfig, b: Rollouts, score: torch.Tensor, keep: torch.T
         "loss/policy_avg": sums["pg"] / n_tok,
         "loss/value_avg": sums["vf"] / n_tok,
         "val/clipfrac_avg": sums["vf_clipfrac"] / n_tok,
+        "val/explained_variance": explained,  # of the rollout's returns by its values, before the step's updates
         "policy/entropy_avg": sums["entropy"] / n_tok,
         "val/ratio": sums["ratio"] / n_tok,
         "val/num_eos_tokens": sum(stopped),
@@ -441,7 +471,7 @@ def main(cfg: PPOConfig) -> dict:
     models = Models(cfg, acc, pad_id)
     if models.adapters is not None:
         fns = shared_rewards(cfg, fns, models.adapters, tok)
-    optimizer, scheduler = common.make_optimizer(models.params, cfg.optim, max_steps * updates)
+    optimizer, scheduler = common.make_optimizer(models.groups, cfg.optim, max_steps * updates)
     optimizer = models.prepare(optimizer)
     what = (f"{len(pool)} prompts ({len(cfg.prompts.families)} families), {cfg.batch_size} samples a step, rewards "
             f"{'+'.join(cfg.rewards)}, {'shared base' if cfg.shared else 'value model from ' + value_start(cfg)}, "
@@ -452,10 +482,10 @@ def main(cfg: PPOConfig) -> dict:
     sample_log = common.MetricsLog(run.out, acc.is_main_process and cfg.log_samples > 0, start, name="samples.jsonl",
                                    tensorboard=False)
 
-    def loss_of(b: Rollouts, n_tokens: int, sums: dict[str, float], item) -> torch.Tensor:
+    def loss_of(b: Rollouts, n_tokens: int, sums: dict[str, float], train_policy: bool, item) -> torch.Tensor:
         kind, chunk = item
         if kind == "ppo":
-            return models.ppo_loss(b, n_tokens, sums, chunk)
+            return models.ppo_loss(b, n_tokens, sums, chunk, train_policy)
         batch = packed_batch([[ptx[i]] for i in chunk], pad_id)   # PPO-ptx: ptx_coef x the LM loss
         loss = common.lm_loss(models.model, {k: v.to(acc.device) for k, v in batch.items()},
                               sum(ptx[i].n_trained for i in chunk))
@@ -503,11 +533,12 @@ def main(cfg: PPOConfig) -> dict:
                 for s in range(0, len(samples), mb)]
         for u, idx in enumerate(plan):
             items = [("ppo", c) for c in common.shard(idx, acc.process_index, acc.num_processes, cfg.micro_batch_size)]
-            if ptx_stream is not None:
+            if ptx_stream is not None and step >= cfg.freeze_policy_steps:
                 items += [("ptx", c) for c in common.shard(ptx_stream.step_units(step * updates + u),
                                                            acc.process_index, acc.num_processes, cfg.micro_batch_size)]
             loss_sum = common.accumulate(acc, models.model, items,
-                                         functools.partial(loss_of, batch, int(mask[idx].sum()), sums))
+                                         functools.partial(loss_of, batch, int(mask[idx].sum()), sums,
+                                                           step >= cfg.freeze_policy_steps))
             metrics = common.optimizer_step(acc, models.params, optimizer, scheduler, loss_sum,
                                             cfg.optim.max_grad_norm, step + 1, run.ckpt_dir)
 
