@@ -84,6 +84,14 @@ def resumed_equals_uninterrupted(full: Path, cut: Path, sub: str) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def launch_failure(proc) -> str:
+    """What a failed `accelerate launch` said: each worker's error lines (the launcher's summary, at the end of
+    stderr, names only the signal), then the end of stderr."""
+    lines = proc.stderr.splitlines()
+    errors = [ln for ln in lines if any(w in ln for w in ("Error", "error:", "terminate", "Abort", "what():"))]
+    return "\n".join(errors[:20]) + "\n...\n" + proc.stderr[-1500:]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cli_fails, preference_rows, read_metrics, train_losses, write_jsonl
+from conftest import cli_fails, launch_failure, preference_rows, read_metrics, train_losses, write_jsonl
 from safetensors.torch import load_file
 
 from posttrain.cli import run as cli_run
@@ -240,7 +240,7 @@ def test_two_processes_equal_one(model_dir, pref_file, tmp_path):
     two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "posttrain", "rm",
                           f"output_dir={tmp_path / 'two'}", *args], capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, launch_failure(two)
     assert "2 processes" in two.stdout
     cfg = load_config(RMConfig, None, [*args, f"output_dir={tmp_path / 'one'}"])
     rm.main(cfg)

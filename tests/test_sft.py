@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import launch_failure
 from safetensors.torch import load_file
 
 from posttrain.config import load_config
@@ -241,7 +242,7 @@ def test_two_processes_equal_one(model_dir, chat_file, tmp_path):
     two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "posttrain", "sft",
                           f"output_dir={tmp_path / 'two'}", *common], capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, launch_failure(two)
     assert "2 processes" in two.stdout
     run(model_dir, chat_file, tmp_path / "one", *common[2:])
     assert_same_weights(tmp_path / "one", tmp_path / "two", atol=1e-6)
