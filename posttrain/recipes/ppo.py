@@ -30,10 +30,10 @@ RLHF with PPO", where they agree; where they differ it says so):
   frozen copy of it as the reference (full only), the value model (a sequence classifier loaded from
   `value_model`, by default the reward model when the reward is one `rm:PATH`, else the policy with a new head,
   zero-initialised; values read at every response position through its body and its `score` head) and the reward
-  model: four models. Shared (`shared=true`, needs `lora.enabled`): one frozen base; the policy is LoRA adapter `default`,
-  the value model LoRA adapter `value` plus a linear head (zero-initialised) on the same base, and the reference
-  is the base with adapters off; a LoRA reward model (`posttrain rm lora.enabled=true`'s adapter/ folder on the
-  same base) loads as a third adapter, any other reward model stays its own model (or a function).
+  model: four models. Shared (`shared=true`, needs `lora.enabled`): one frozen base; the policy is LoRA adapter
+  `default`, the value model LoRA adapter `value` plus a linear head (zero-initialised) on the same base, and the
+  reference is the base with adapters off; a LoRA reward model (`posttrain rm lora.enabled=true`'s adapter/
+  folder on the same base) loads as a third adapter, any other reward model stays its own model (or a function).
 - Metrics with TRL's PPO names: objective/kl (summed per sample, mean over samples), objective/entropy (summed
   -log p of the sampled tokens), objective/non_score_reward, objective/rlhf_reward, objective/scores,
   policy/approxkl_avg, policy/clipfrac_avg, loss/policy_avg, loss/value_avg, val/clipfrac_avg,
