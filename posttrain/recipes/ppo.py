@@ -218,14 +218,14 @@ def shared_rewards(cfg: PPOConfig, fns: dict, adapters: SharedAdapters, tok) -> 
 
 
 def _load_value_model(path: str):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     from posttrain.recipes.rm import _quiet_hf
 
-    archs = AutoConfig.from_pretrained(path).architectures or []
     with _quiet_hf():
         value = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
-    if not any(a.endswith("ForSequenceClassification") for a in archs):
+    # config.architectures is the saved model's, read from its config.json
+    if not any(a.endswith("ForSequenceClassification") for a in value.config.architectures or []):
         # A causal LM's body with a new head: zero it (as the shared mode's), so the first values are 0, not noise
         # (transformers' random head explains less than nothing of the returns: explained variance about -1.4).
         torch.nn.init.zeros_(value.score.weight)
