@@ -2,12 +2,12 @@
 
 Compared: full-parameter DPO (sigmoid loss, beta 0.1) of the same tiny random-init Llama (~5.3M params, fp32, sdpa
 attention, saved once and loaded by both sides), BPE tokenizer and chat template (trained here on the data), the
-same seeded preference pairs (2000, built from `sft_vs_trl.make_examples`: chosen = the right answer, rejected = a
+same seeded preference pairs (400, built from `sft_vs_trl.make_examples`: chosen = the right answer, rejected = a
 wrong one; prompt/chosen/rejected as message lists, so both sides render them with the same chat template), batch
 (8 pairs per step, no accumulation), max length (256 tokens per prompt + response, keep the start: no pair here is
-that long), steps (30), AdamW + linear warm-up/decay, lr, grad clipping and seed. Reference log-probs are
-precomputed once, before step 1, on both sides (TRL `precompute_ref_log_probs=True`, posttrain always for dpo):
-that pass is timed on its own (`ref_s`) and left out of pairs/s. Each run (TRL in each of TRL_MODES, then
+that long), steps (50: one epoch of the 400 pairs on both sides), AdamW + linear warm-up/decay, lr, grad clipping
+and seed. Reference log-probs are precomputed once, before step 1, on both sides (TRL
+`precompute_ref_log_probs=True`, posttrain always for dpo): that pass is timed on its own (`ref_s`) and left out of pairs/s. Each run (TRL in each of TRL_MODES, then
 posttrain in each of OURS_MODES, then the loss check) is a fresh 2-thread subprocess.
 
 TRL 1.16 options, read from the installed `trl/trainer/dpo_config.py` / `dpo_trainer.py`:
@@ -19,8 +19,13 @@ TRL 1.16 options, read from the installed `trl/trainer/dpo_config.py` / `dpo_tra
   are both turned off.
 
 Measured per run (the headline ratio ours/TRL uses each side's fastest mode):
-- pairs_per_s: preference pairs of steps 3..N over the wall time (perf_counter) from the end of step 2 to the end of
-  step N; steps 1-2 are warm-up (and compilation). Collation and data loading between steps count.
+- pairs_per_s: trained tokens of steps 3..N over the wall time (perf_counter) from the end of step 2 to the end of
+  step N, divided by the mean trained tokens of a pair over the whole data set: pairs per second at the data set's
+  average pair. Steps 1-2 are warm-up (and compilation). Collation and data loading between steps count. The two
+  sides draw batches in different orders (TRL's length-grouped sampler even sorts them, longest first), so the
+  timed steps' own pairs can be longer on one side than on the other; timed_pairs_per_s is the raw count of the
+  timed steps' pairs per second (both agree when the timed pairs are average). One epoch makes the two sets nearly
+  the same pairs (48 of 50 batches timed).
   tokens_per_s: trained (response + eos) tokens per second; seq_tokens_per_s: all non-pad tokens (TRL only: ours
   does not log them); cpu_util = CPU s / wall s, about `threads` (2) on a quiet machine.
 - loss_first / loss_last / loss_last5: the DPO loss of step 1, of step N, mean of the last 5 steps (the two sides
@@ -35,7 +40,7 @@ the reference log-probs it precomputed with `ref_model=reference`; both with bet
 ids and masks both sides feed, the per-pair log-probs and the gradients.
 
     benchmarks/.venv/bin/python benchmarks/dpo_vs_trl.py --out runs/bench/dpo_vs_trl.json
-    [--steps 30 --batch-size 8 --seq-len 256 --pairs 2000 --trl-modes padding,... --ours-modes default,compile
+    [--steps 50 --batch-size 8 --seq-len 256 --pairs 400 --trl-modes padding,... --ours-modes default,compile
      --no-check]
 """
 
@@ -73,7 +78,7 @@ class Setup:
     data_file: str  # JSONL, one {"prompt": [...], "chosen": [...], "rejected": [...]} (message lists) per line
     batch_size: int = 8  # pairs per optimizer step, one process, no accumulation
     seq_len: int = 256  # max tokens per sequence (prompt + response), keep the start
-    steps: int = 30
+    steps: int = 50  # with 400 pairs of 8: one epoch, so both sides train on the same pairs
     lr: float = 1e-4
     beta: float = 0.1
     warmup_steps: int = 3  # linear warm-up from 0, then linear decay to 0 at `steps`
@@ -83,8 +88,10 @@ class Setup:
     seed: int = 0
     threads: int = 2
     skip_steps: int = 2  # warm-up steps left out of pairs/s
-    n_pairs: int = 2000
+    n_pairs: int = 400
     longest: int = 0  # tokens in the longest templated prompt + response (set by setup())
+    tokens_per_pair: float = 0.0  # mean trained (response + eos) tokens of a pair over all pairs (set by setup())
+    flop_ratio: float = 0.0  # TRL's matmul FLOPs per pair over ours, without padding (set by setup())
     check_pairs: int = 8  # pairs in the loss check
     check_noise: float = 0.02  # std of the policy's perturbation in the loss check
 
@@ -128,8 +135,23 @@ def setup(args: argparse.Namespace, work: str) -> Setup:
     lens = [len(tok.apply_chat_template(r["prompt"] + r[k], tokenize=True, return_dict=True)["input_ids"])
             for r in rows for k in ("chosen", "rejected")]
     s.longest = max(lens)
+    # Trained tokens of a response: its templated length minus the templated prompt's (with the generation prompt).
+    head = [len(tok.apply_chat_template(r["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True)
+                ["input_ids"]) for r in rows]
+    s.tokens_per_pair = sum(n - head[i // 2] for i, n in enumerate(lens)) / len(rows)
+    # The fewest matmul FLOPs each side's scheme needs (forward and backward alike, so a count of token-weights
+    # products): TRL runs both sequences of a pair in full and the output head at every position; posttrain runs
+    # the prompt once and the head only where a response token is predicted. Padding (TRL's, and attention's
+    # own FLOPs, about a tenth here) left out: an upper bound on what the same math at the same speed can gain.
+    n_head = model.get_output_embeddings().weight.numel()
+    n_body = sum(p.numel() for p in model.parameters()) - n_head - model.get_input_embeddings().weight.numel()
+    trl_flops = sum((n_body + n_head) * (lens[2 * i] + lens[2 * i + 1]) for i in range(len(rows)))
+    ours_flops = sum(n_body * (lens[2 * i] + lens[2 * i + 1] - h) + n_head * (lens[2 * i] + lens[2 * i + 1] - 2 * h)
+                     for i, h in enumerate(head))
+    s.flop_ratio = trl_flops / ours_flops
     print(f"setup: {work}  vocab={len(tok)}  params={sum(p.numel() for p in model.parameters()) / 1e6:.2f}M  "
-          f"pairs={len(rows)}  tokens/sequence min={min(lens)} mean={sum(lens) / len(lens):.0f} max={max(lens)}")
+          f"pairs={len(rows)}  tokens/sequence min={min(lens)} mean={sum(lens) / len(lens):.0f} max={max(lens)}  "
+          f"trained tokens/pair {s.tokens_per_pair:.1f}  matmul FLOPs per pair, TRL / posttrain: {s.flop_ratio:.2f}")
     return s
 
 
@@ -160,7 +182,8 @@ class Meter:
         pairs, tok, seq = (sum(d[i] for i in range(k + 1, n + 1)) for d in (self.pairs, self.trained, self.seq_tokens))
         losses = [self.loss[i] for i in range(1, n + 1)]
         return {"steps": n, "timed_steps": n - k, "seconds": round(secs, 3), "cpu_seconds": round(cpu, 3),
-                "pairs": pairs, "pairs_per_s": round(pairs / secs, 2), "trained_tokens": tok,
+                "pairs": pairs, "pairs_per_s": round(tok / secs / s.tokens_per_pair, 2),
+                "timed_pairs_per_s": round(pairs / secs, 2), "trained_tokens": tok,
                 "tokens_per_s": round(tok / secs, 1), "seq_tokens_per_s": round(seq / secs, 1) if seq else None,
                 "trained_tokens_per_pair": round(tok / pairs, 1), "loss_first": round(losses[0], 4),
                 "loss_last": round(losses[-1], 4), "loss_last5": round(sum(losses[-5:]) / len(losses[-5:]), 4),
@@ -386,7 +409,8 @@ def _run_isolated(name: str, s: Setup) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for flag, default in (("--steps", 30), ("--batch-size", 8), ("--seq-len", 256), ("--pairs", 2000)):
+    for flag, default in (("--steps", Setup.steps), ("--batch-size", Setup.batch_size), ("--seq-len", Setup.seq_len),
+                          ("--pairs", Setup.n_pairs)):
         ap.add_argument(flag, type=int, default=default)
     ap.add_argument("--trl-modes", default=",".join(TRL_MODES), help="comma-separated subset of %(default)s")
     ap.add_argument("--ours-modes", default=",".join(OURS_MODES), help="comma-separated subset of %(default)s")
@@ -414,7 +438,8 @@ def main() -> None:
 
     print(f"\nbatch={s.batch_size} pairs, max_length={s.seq_len}, steps={s.steps} (first {s.skip_steps} untimed), "
           f"fp32, lr={s.lr}, beta={s.beta}; load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    cols = {"pairs_per_s": "pairs/s", "tokens_per_s": "tok/s", "trained_tokens_per_pair": "tok/pair",
+    cols = {"pairs_per_s": "pairs/s", "timed_pairs_per_s": "timed p/s", "tokens_per_s": "tok/s",
+            "trained_tokens_per_pair": "tok/pair",
             "seq_tokens_per_s": "seq tok/s", "loss_first": "loss@1", "loss_last": "loss@N", "loss_last5": "last5",
             "ref_s": "ref s", "rss_start_mb": "RSS0 MiB", "peak_rss_mb": "peak MiB", "cpu_util": "cpu util"}
     print(f"{'run':22}" + "".join(f"{h:>10}" for h in cols.values()))
@@ -452,7 +477,8 @@ def main() -> None:
         ("posttrain:compile", "trl:padding_compile"), ("posttrain:compile", "trl:grouped_compile"))}
     for k, v in like.items():
         print(f"like for like: {k} = {v}")
-    print(f"best: {ours} vs {best}")
+    print(f"best: {ours} vs {best}; the same math at the same FLOP rate would give at most {s.flop_ratio:.2f} "
+          "(TRL's matmul FLOPs per pair over ours, padding left out)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         summary = {"setup": dataclasses.asdict(s), "load_average_before": load_before, "load_average_after": load_after,
