@@ -531,14 +531,14 @@ def main(cfg: PPOConfig) -> dict:
         plan = [perm[s:s + mb] for _ in range(cfg.ppo_epochs)
                 for perm in [torch.randperm(len(samples), generator=order).tolist()]
                 for s in range(0, len(samples), mb)]
+        train_policy = step >= cfg.freeze_policy_steps  # freeze_policy_steps: the value model alone at first
         for u, idx in enumerate(plan):
             items = [("ppo", c) for c in common.shard(idx, acc.process_index, acc.num_processes, cfg.micro_batch_size)]
-            if ptx_stream is not None and step >= cfg.freeze_policy_steps:
+            if ptx_stream is not None and train_policy:
                 items += [("ptx", c) for c in common.shard(ptx_stream.step_units(step * updates + u),
                                                            acc.process_index, acc.num_processes, cfg.micro_batch_size)]
             loss_sum = common.accumulate(acc, models.model, items,
-                                         functools.partial(loss_of, batch, int(mask[idx].sum()), sums,
-                                                           step >= cfg.freeze_policy_steps))
+                                         functools.partial(loss_of, batch, int(mask[idx].sum()), sums, train_policy))
             metrics = common.optimizer_step(acc, models.params, optimizer, scheduler, loss_sum,
                                             cfg.optim.max_grad_norm, step + 1, run.ckpt_dir)
 
